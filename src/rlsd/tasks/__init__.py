@@ -1,0 +1,1 @@
+"""Built-in verifiable reasoning tasks and tiny local models."""
