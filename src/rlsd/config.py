@@ -1,0 +1,123 @@
+"""`RLSDConfig`: TRL's `GRPOConfig` plus the fields of SPEC.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .teacher import DEFAULT_LEAKAGE_PATTERNS, default_template, template_fields
+
+ALGORITHMS = ("rlsd", "grpo", "opsd", "opd")
+TEACHER_MODES = ("live", "ema", "base", "snapshot")
+LAMBDA_SCHEDULES = ("constant", "linear_decay")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "sampled_token")
+
+
+@dataclass
+class RLSDConfig(GRPOConfig):
+    """Configuration for `RLSDTrainer`: every `GRPOConfig` field, plus:
+
+    algorithm: "rlsd" (reward direction x teacher magnitude), "grpo" (plain TRL),
+        "opsd" (self-distillation from the privileged teacher), "opd"
+        (distillation from an external `teacher_model`).
+    rlsd_lambda, rlsd_lambda_schedule, rlsd_lambda_decay_steps, rlsd_eps_w: SPEC.md's
+        lambda (teacher weight), its schedule and the token-weight clip range.
+    teacher_mode: "live" current weights, "ema" exponential moving average,
+        "base" initial weights (adapters disabled under LoRA), "snapshot"
+        refreshed every `teacher_snapshot_steps` optimizer steps.
+    privileged_fields, teacher_template: which dataset columns form the
+        privileged text and how (`{prompt}`, `{answer}`, `{solution}`, any column).
+    """
+
+    algorithm: str = field(default="rlsd", metadata={"help": f"One of {ALGORITHMS}."})
+    rlsd_lambda: float = field(default=1.0, metadata={"help": "Weight of the teacher magnitude, in [0, 1]."})
+    rlsd_lambda_schedule: str = field(default="constant", metadata={"help": f"One of {LAMBDA_SCHEDULES}."})
+    rlsd_lambda_decay_steps: int | None = field(
+        default=None, metadata={"help": "Steps over which `linear_decay` reaches 0 (default: max_steps)."}
+    )
+    rlsd_eps_w: float = field(default=0.2, metadata={"help": "Clip range of the token weight, in (0, 1)."})
+    teacher_mode: str = field(default="live", metadata={"help": f"One of {TEACHER_MODES}."})
+    teacher_ema_rate: float = field(
+        default=0.05, metadata={"help": "EMA teacher: teacher <- (1 - rate) * teacher + rate * student each step."}
+    )
+    teacher_snapshot_steps: int = field(default=10, metadata={"help": "Snapshot teacher refresh period (steps)."})
+    privileged_fields: list[str] = field(
+        default_factory=lambda: ["answer"],
+        metadata={"help": "Dataset columns that form the privileged text, e.g. ['answer'] or ['answer', 'solution']."},
+    )
+    teacher_template: str | None = field(
+        default=None,
+        metadata={"help": "Teacher prompt template with {prompt} and the privileged fields; default per fields."},
+    )
+    teacher_max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Token limit for teacher prompts; longer ones lose privileged text, never completion."},
+    )
+    distill_divergence: str = field(default="forward_kl", metadata={"help": f"OPSD/OPD signal: one of {DIVERGENCES}."})
+    distill_jsd_beta: float = field(default=0.5, metadata={"help": "Mixture weight for distill_divergence='jsd'."})
+    opsd_token_clip: float | None = field(default=None, metadata={"help": "Pointwise clip of each token's divergence."})
+    teacher_model: str | None = field(default=None, metadata={"help": "OPD: external teacher (hub id or path)."})
+    opd_teacher_sees_privileged: bool = field(
+        default=False, metadata={"help": "OPD: show the external teacher the privileged text too."}
+    )
+    leakage_patterns: list[str] = field(
+        default_factory=lambda: list(DEFAULT_LEAKAGE_PATTERNS),
+        metadata={"help": "Regexes of teacher-only phrasing; a completion matching one counts as leaked."},
+    )
+    leakage_min_derivation_chars: int = field(
+        default=0, metadata={"help": "If > 0, an answer stated with fewer other characters counts as leaked."}
+    )
+    accuracy_threshold: float = field(default=0.5, metadata={"help": "Reward above which a completion is correct."})
+
+    def __post_init__(self):
+        self._validate_rlsd_fields()
+        super().__post_init__()
+
+    def _validate_rlsd_fields(self) -> None:
+        def fail(name: str, message: str):
+            raise ValueError(f"RLSDConfig.{name}: {message}")
+
+        if self.algorithm not in ALGORITHMS:
+            fail("algorithm", f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if not 0.0 <= self.rlsd_lambda <= 1.0:
+            fail("rlsd_lambda", f"must be in [0, 1], got {self.rlsd_lambda}")
+        if self.rlsd_lambda_schedule not in LAMBDA_SCHEDULES:
+            fail("rlsd_lambda_schedule", f"must be one of {LAMBDA_SCHEDULES}, got {self.rlsd_lambda_schedule!r}")
+        if self.rlsd_lambda_decay_steps is not None and self.rlsd_lambda_decay_steps <= 0:
+            fail("rlsd_lambda_decay_steps", f"must be positive, got {self.rlsd_lambda_decay_steps}")
+        if not 0.0 < self.rlsd_eps_w < 1.0:
+            fail("rlsd_eps_w", f"must be in (0, 1), got {self.rlsd_eps_w}")
+        if self.teacher_mode not in TEACHER_MODES:
+            fail("teacher_mode", f"must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")
+        if not 0.0 < self.teacher_ema_rate <= 1.0:
+            fail("teacher_ema_rate", f"must be in (0, 1], got {self.teacher_ema_rate}")
+        if self.teacher_snapshot_steps < 1:
+            fail("teacher_snapshot_steps", f"must be >= 1, got {self.teacher_snapshot_steps}")
+        if isinstance(self.privileged_fields, str):
+            self.privileged_fields = [f.strip() for f in self.privileged_fields.split(",") if f.strip()]
+        if not self.privileged_fields:
+            fail("privileged_fields", "needs at least one column, e.g. ['answer']")
+        if self.teacher_template is None:
+            self.teacher_template = default_template(self.privileged_fields)
+        names = template_fields(self.teacher_template)
+        if "prompt" not in names:
+            fail("teacher_template", "must contain the {prompt} placeholder")
+        missing = [f for f in self.privileged_fields if f not in names]
+        if missing:
+            fail("teacher_template", f"does not use the privileged field(s) {missing}")
+        if self.distill_divergence not in DIVERGENCES:
+            fail("distill_divergence", f"must be one of {DIVERGENCES}, got {self.distill_divergence!r}")
+        if not 0.0 < self.distill_jsd_beta < 1.0:
+            fail("distill_jsd_beta", f"must be in (0, 1), got {self.distill_jsd_beta}")
+        if self.opsd_token_clip is not None and self.opsd_token_clip <= 0:
+            fail("opsd_token_clip", f"must be positive, got {self.opsd_token_clip}")
+        if self.algorithm == "opd" and not self.teacher_model:
+            fail("teacher_model", "algorithm='opd' needs an external teacher model (hub id or local path)")
+        if self.teacher_max_prompt_length is not None and self.teacher_max_prompt_length < 1:
+            fail("teacher_max_prompt_length", f"must be positive, got {self.teacher_max_prompt_length}")
+
+    @property
+    def uses_privileged_teacher(self) -> bool:
+        """Whether the teacher pass needs the privileged dataset columns."""
+        return self.algorithm in ("rlsd", "opsd") or (self.algorithm == "opd" and self.opd_teacher_sees_privileged)

@@ -1,0 +1,291 @@
+"""`RLSDTrainer`: TRL's `GRPOTrainer` with a privileged teacher pass.
+
+The RLSD step, end to end:
+1. TRL samples G completions per prompt and scores them (`super()._generate_and_score_completions`).
+2. One no-grad forward of the teacher over `[teacher_prompt(x, r) ; completion]` gives q_t
+   (`_teacher_pass`).
+3. In the loss, `credit.rlsd_token_advantages` turns the sequence advantage A and
+   delta_t = q_t - s_old_t into (B, T) token advantages, and TRL's clipped surrogate
+   takes them as they are (`_compute_loss`).
+`grpo` skips 2-3; `opsd`/`opd` swap step 3 for a distillation loss.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import pad
+
+from . import credit, teacher
+from .config import RLSDConfig
+from .teacher_weights import TEACHER_STATE_FILE, TeacherUpdateCallback, TeacherWeights
+
+
+class RLSDTrainer(GRPOTrainer):
+    """Drop-in for `trl.GRPOTrainer`: same arguments, plus `RLSDConfig` and an optional `teacher_model` (OPD)."""
+
+    _tag_names = ["trl", "grpo", "rlsd"]
+    _name = "RLSD"
+
+    def __init__(self, model, reward_funcs=None, args: RLSDConfig | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, teacher_model: str | PreTrainedModel | None = None,
+                 **kwargs):
+        if args is None:
+            args = RLSDConfig(output_dir="rlsd-output")
+        if not isinstance(args, RLSDConfig):
+            raise TypeError(f"RLSDTrainer needs an RLSDConfig, got {type(args).__name__}")
+        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            _check_privileged_columns(args, dataset, name)
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+
+        self._pending_token_advantages: dict[str, Any] | None = None
+        self._teacher_seconds = 0.0
+        self.teacher = None
+        if args.algorithm != "grpo":
+            external = None
+            if args.algorithm == "opd":
+                external = self._load_external_teacher(teacher_model or args.teacher_model)
+            self.teacher = TeacherWeights(self, args.teacher_mode, external=external)
+            if self.teacher.mode in ("ema", "snapshot"):
+                self.add_callback(TeacherUpdateCallback(self.teacher))
+
+    # ---- teacher pass (after generation, no grad) ---------------------------------------------------------------
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        if self.args.algorithm == "grpo":
+            return output
+        start = time.perf_counter()
+        output["sequence_advantages"] = output["advantages"]
+        teacher_ids, teacher_mask = self._teacher_prompt_tensors(inputs, output)
+        if self._distills_full_vocab:
+            # Full-vocabulary logits are too large to keep per batch: the loss recomputes them per micro-batch.
+            output["teacher_prompt_ids"], output["teacher_prompt_mask"] = teacher_ids, teacher_mask
+        else:
+            output["teacher_per_token_logps"] = self._teacher_logps(teacher_ids, teacher_mask, output)
+        self._log_leakage(inputs, output)
+        self._teacher_seconds += time.perf_counter() - start
+        return output
+
+    def _teacher_prompt_tensors(self, inputs, output) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded teacher prompt ids: the student's prompt with the privileged text added."""
+        args = self.args
+        if not args.uses_privileged_teacher:  # OPD teacher sees the plain prompt
+            return output["prompt_ids"], output["prompt_mask"]
+        student_prompts = [self.processing_class.decode(ids[mask.bool()]) for ids, mask in
+                           zip(output["prompt_ids"], output["prompt_mask"], strict=True)]
+        teacher.assert_student_blind(student_prompts, inputs, args.teacher_template)
+        prompts = [teacher.teacher_prompt(row["prompt"], row, args.teacher_template) for row in inputs]
+        prompt_ids = self._tokenize_prompts(prompts)[0]
+        if args.teacher_max_prompt_length is not None:
+            prompt_ids = [self._fit_teacher_prompt(ids, row) for ids, row in zip(prompt_ids, inputs, strict=True)]
+        device = self.accelerator.device
+        ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=self._tokenizer.pad_token_id,
+                  padding_side="left", pad_to_multiple_of=self.pad_to_multiple_of).to(device)
+        mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0,
+                   padding_side="left", pad_to_multiple_of=self.pad_to_multiple_of).to(device)
+        return ids, mask
+
+    def _fit_teacher_prompt(self, ids: list[int], row: dict[str, Any]) -> list[int]:
+        """Cut privileged text (never the prompt, never the completion) until the teacher prompt fits."""
+        limit, fields = self.args.teacher_max_prompt_length, self.args.privileged_fields
+        for _ in range(8):
+            if len(ids) <= limit:
+                return ids
+            row = teacher.shorten_privileged(row, fields, overflow_chars=len(ids) - limit)
+            ids = self._tokenize_prompts([teacher.teacher_prompt(row["prompt"], row, self.args.teacher_template)])[0][0]
+        return ids  # only the plain prompt is left: longer than the limit on its own
+
+    @torch.no_grad()
+    def _teacher_logps(self, teacher_prompt_ids, teacher_prompt_mask, output) -> torch.Tensor:
+        """q_t: log-probs of the student's completion tokens under the teacher context, (B, T)."""
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        input_ids = torch.cat([teacher_prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([teacher_prompt_mask, completion_mask], dim=1)
+        mode = "train" if self.model.training else "eval"
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
+                self.teacher.activate() as teacher_module:
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                teacher_module, input_ids, attention_mask, completion_ids.size(1), batch_size=batch_size)
+        return logps
+
+    # ---- loss ---------------------------------------------------------------------------------------------------
+    @property
+    def _distills_full_vocab(self) -> bool:
+        return self.args.algorithm in ("opsd", "opd") and self.args.distill_divergence != "sampled_token"
+
+    def _compute_loss(self, model, inputs):
+        if self.args.algorithm == "grpo":
+            return super()._compute_loss(model, inputs)
+        if self._distills_full_vocab:
+            return self._distillation_loss(model, inputs)
+        inputs = dict(inputs)
+        old_logps = inputs.get("old_per_token_logps")
+        if old_logps is not None:
+            inputs["advantages"] = self._token_advantages(inputs, old_logps)
+        else:
+            # On-policy step: s_old is this very forward's log-probs, detached. TRL computes them inside
+            # super()._compute_loss before it reads "advantages", so they are filled in there (no extra forward).
+            self._pending_token_advantages = inputs
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._pending_token_advantages = None
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        pending, self._pending_token_advantages = self._pending_token_advantages, None
+        if pending is not None:
+            pending["advantages"] = self._token_advantages(pending, logps.detach())
+        return logps, entropies, aux_loss
+
+    def _token_advantages(self, inputs: dict[str, Any], old_logps: torch.Tensor) -> torch.Tensor:
+        """(B, T) advantages for TRL's surrogate: RLSD weights, or the sampled-token distillation signal."""
+        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        teacher_logps = inputs["teacher_per_token_logps"]
+        if self.args.algorithm in ("opsd", "opd"):
+            token_adv = credit.sampled_token_advantages(teacher_logps, old_logps, mask)
+            self._log_mean("distill/sampled_advantage", credit._masked_mean(token_adv, mask))
+            return token_adv
+        lam = self.current_lambda
+        token_adv, stats = credit.rlsd_token_advantages(
+            inputs["sequence_advantages"], teacher_logps, old_logps, mask, lam=lam, eps_w=self.args.rlsd_eps_w)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["rlsd/lambda"].append(lam)
+        self._metrics[mode]["rlsd/sign_flips"].append(self.accelerator.reduce(stats.pop("sign_flips"), "sum").item())
+        stats.pop("num_tokens")
+        for name, value in stats.items():
+            self._log_mean(f"rlsd/{name}", value)
+        return token_adv
+
+    @property
+    def current_lambda(self) -> float:
+        args = self.args
+        if args.rlsd_lambda_schedule == "constant":
+            return args.rlsd_lambda
+        decay_steps = args.rlsd_lambda_decay_steps or self.state.max_steps or 1
+        return credit.linear_decay_lambda(args.rlsd_lambda, self.state.global_step, decay_steps)
+
+    def _distillation_loss(self, model, inputs) -> torch.Tensor:
+        """OPSD/OPD: mean over completion tokens of D(teacher || student), full vocabulary."""
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        mask = completion_mask * inputs.get("tool_mask", 1)
+        num_tokens = completion_ids.size(1)
+        student_logits = self._completion_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], inputs)
+        with torch.no_grad(), self.teacher.activate() as teacher_module:
+            teacher_logits = self._completion_logits(
+                teacher_module, inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"], inputs)
+        vocab = min(student_logits.size(-1), teacher_logits.size(-1), len(self.processing_class))
+        per_token = credit.distillation_divergence(
+            student_logits[..., :vocab], teacher_logits[..., :vocab], kind=self.args.distill_divergence,
+            jsd_beta=self.args.distill_jsd_beta, token_clip=self.args.opsd_token_clip)
+        loss = credit._masked_mean(per_token, mask)
+        self._log_mean("distill/divergence", loss.detach())
+        assert per_token.shape[1] == num_tokens
+        mode = "train" if self.model.training else "eval"
+        return loss / (self.current_gradient_accumulation_steps if mode == "train" else 1.0)
+
+    def _completion_logits(self, module, prompt_ids, prompt_mask, inputs) -> torch.Tensor:
+        completion_ids = inputs["completion_ids"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, inputs["completion_mask"]], dim=1)
+        with self.accelerator.autocast():
+            logits = module(input_ids=input_ids, attention_mask=attention_mask,
+                            logits_to_keep=completion_ids.size(1) + 1).logits
+        return logits[:, :-1, :] / self.temperature
+
+    # ---- metrics ------------------------------------------------------------------------------------------------
+    def _log_mean(self, name: str, value: torch.Tensor) -> None:
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode][name].append(self.accelerator.gather(value.detach().float().reshape(1)).mean().item())
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["accuracy"].append((rewards > self.args.accuracy_threshold).float().mean().item())
+        return rewards_per_func
+
+    def _log_leakage(self, inputs, output) -> None:
+        texts = self.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True)
+        answers = [row.get("answer") for row in inputs]
+        flags = teacher.leakage_flags(texts, answers, self.args.leakage_patterns,
+                                      self.args.leakage_min_derivation_chars)
+        self._log_mean("leakage/rate", torch.tensor(sum(flags) / max(len(flags), 1), device=self.accelerator.device))
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        step_times = self._metrics["train"]["step_time"]
+        logged_before = len(step_times)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if len(step_times) > logged_before:  # an optimizer step just ended
+            if self.teacher is not None:
+                self._metrics["train"]["teacher/time_frac"].append(self._teacher_seconds / max(step_times[-1], 1e-9))
+            self._teacher_seconds = 0.0
+            self._metrics["train"]["memory/peak_mb"].append(_peak_memory_mb(self.accelerator.device))
+        return loss
+
+    # ---- checkpoints: EMA/snapshot teachers are state too ----------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        state = self.teacher.state_dict() if self.teacher is not None else None
+        if state is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            torch.save(state, os.path.join(folder, TEACHER_STATE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, TEACHER_STATE_FILE)
+        if self.teacher is not None and os.path.exists(path):
+            self.teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    # ---- OPD ----------------------------------------------------------------------------------------------------
+    def _load_external_teacher(self, teacher_model: str | PreTrainedModel) -> PreTrainedModel:
+        student_vocab = self._tokenizer.get_vocab()
+        if isinstance(teacher_model, str):
+            try:
+                teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_model)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"RLSDConfig.teacher_model: cannot load a tokenizer from {teacher_model!r}: {err}") from None
+            if teacher_tokenizer.get_vocab() != student_vocab:
+                raise ValueError(
+                    f"RLSDConfig.teacher_model: {teacher_model!r} uses another vocabulary than the student "
+                    f"({len(teacher_tokenizer)} vs {len(self._tokenizer)} tokens); OPD needs the same tokenizer")
+            student = self.accelerator.unwrap_model(self.model)
+            teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=student.dtype)
+        if teacher_model.config.get_text_config().vocab_size < len(student_vocab):
+            raise ValueError(
+                f"RLSDConfig.teacher_model: the teacher's vocabulary ({teacher_model.config.get_text_config().vocab_size}"
+                f" tokens) is smaller than the student tokenizer's ({len(student_vocab)}); OPD needs the same tokenizer")
+        return teacher_model.to(self.accelerator.device)
+
+
+def _check_privileged_columns(args: RLSDConfig, dataset, name: str) -> None:
+    if dataset is None or not args.uses_privileged_teacher:
+        return
+    datasets = dataset.values() if isinstance(dataset, dict) else [dataset]
+    for ds in datasets:
+        columns = getattr(ds, "column_names", None)
+        if columns is None:  # streaming datasets without known features: checked per batch instead
+            continue
+        missing = [f for f in args.privileged_fields if f not in columns]
+        if missing:
+            raise ValueError(
+                f"RLSDConfig.privileged_fields: {name} has no column(s) {missing} (columns: {columns}); "
+                f"algorithm={args.algorithm!r} shows them to the teacher. Add the reference column or map it.")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+__all__ = ["RLSDTrainer"]
