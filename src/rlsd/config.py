@@ -72,6 +72,8 @@ class RLSDConfig(GRPOConfig):
 
     def __post_init__(self):
         self._validate_rlsd_fields()
+        if self.bf16 is None and not self.fp16 and not _bf16_available():
+            self.bf16 = False  # TRL defaults to bf16, which a laptop CPU or an older GPU cannot run
         super().__post_init__()
 
     def _validate_rlsd_fields(self) -> None:
@@ -121,3 +123,9 @@ class RLSDConfig(GRPOConfig):
     def uses_privileged_teacher(self) -> bool:
         """Whether the teacher pass needs the privileged dataset columns."""
         return self.algorithm in ("rlsd", "opsd") or (self.algorithm == "opd" and self.opd_teacher_sees_privileged)
+
+
+def _bf16_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -43,7 +43,7 @@ def template_fields(template: str) -> list[str]:
     try:
         return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as err:
-        raise ValueError(f"teacher_template is not a valid format string: {err}") from None
+        raise ValueError(f"RLSDConfig.teacher_template is not a valid format string: {err}") from None
 
 
 def render(template: str, prompt_text: str, row: Mapping[str, Any]) -> str:

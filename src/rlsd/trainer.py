@@ -101,7 +101,7 @@ class RLSDTrainer(GRPOTrainer):
                 return ids
             row = teacher.shorten_privileged(row, fields, overflow_chars=len(ids) - limit)
             ids = self._tokenize_prompts([teacher.teacher_prompt(row["prompt"], row, self.args.teacher_template)])[0][0]
-        return ids  # only the plain prompt is left: longer than the limit on its own
+        return ids  # the prompt and template alone exceed the limit: keep them whole rather than cut the prompt
 
     @torch.no_grad()
     def _teacher_logps(self, teacher_prompt_ids, teacher_prompt_mask, output) -> torch.Tensor:
