@@ -1,0 +1,201 @@
+"""`rlsd` command line: train | eval | compare | report | quickstart.
+
+Errors a user can fix (bad key, unknown reward, missing model, unwritable
+directory, bad data) print one line and exit with status 2; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="run YAML (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any run key or RLSDConfig/GRPOConfig field, e.g. --set learning_rate=1e-5")
+    parser.add_argument("--model", help="hub id or local path (overrides `model:`)")
+    parser.add_argument("--output-dir", help="run directory (overrides training.output_dir)")
+    parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (see lora.* keys for options)")
+    parser.add_argument("--lora-r", type=int, help="LoRA rank (implies --lora)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlsd", description="RLVR with self-distillation (RLSD) on TRL.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one model from a run config")
+    _add_run_arguments(train)
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run directory")
+
+    compare = commands.add_parser("compare", help="same config, several algorithms, one plot and table")
+    _add_run_arguments(compare)
+    compare.add_argument("--algorithms", default="rlsd,grpo", help="comma-separated, e.g. rlsd,grpo,opsd")
+
+    evaluate = commands.add_parser("eval", help="accuracy, pass@k and maj@k of a model on a held-out set")
+    evaluate.add_argument("--model", required=True)
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="JSONL/JSON/CSV/Parquet file or saved dataset directory")
+    source.add_argument("--task", help="a built-in task's held-out split")
+    evaluate.add_argument("--reward", default=None, help="reward name (default: the task's reward, else math)")
+    evaluate.add_argument("--k", type=int, default=1)
+    evaluate.add_argument("--num-samples", type=int, default=None)
+    evaluate.add_argument("--temperature", type=float, default=1.0)
+    evaluate.add_argument("--max-new-tokens", type=int, default=256)
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out", help="write the metrics (and per-row records) as JSON here")
+
+    report = commands.add_parser("report", help="curves and a Markdown summary from run directories")
+    report.add_argument("run_dirs", nargs="+")
+    report.add_argument("--out", default=None, help="output directory (default: the first run's report/)")
+
+    quick = commands.add_parser("quickstart", help="a first RLSD vs GRPO run on a laptop CPU, no downloads")
+    quick.add_argument("--task", default="arithmetic")
+    quick.add_argument("--steps", type=int, default=None)
+    quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument("--output-dir", default="runs/quickstart")
+    quick.add_argument("--fast", action="store_true", help="a ~2-minute smoke version")
+    return parser
+
+
+def _run_from_args(args) -> dict:
+    from .config import load_run_config
+
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model={args.model}")
+    if args.lora or args.lora_r:
+        overrides.append(f"lora.r={args.lora_r or 16}")
+    return load_run_config(args.config, overrides)
+
+
+def cmd_train(args) -> int:
+    from .run import train
+
+    run = _run_from_args(args)
+    prepared = train(run, output_dir=args.output_dir, resume=args.resume)
+    print(f"rlsd: run finished; model, metrics and checkpoints in {prepared.output_dir}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import copy
+
+    from .config import ALGORITHMS
+    from .report import report
+    from .run import RunError, train
+
+    run = _run_from_args(args)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown:
+        raise RunError(f"--algorithms: unknown {unknown}; choose from {', '.join(ALGORITHMS)}")
+    base = args.output_dir or run["training"].get("output_dir") or "runs/compare"
+    run_dirs = []
+    for algorithm in algorithms:
+        one = copy.deepcopy(run)
+        one["training"]["algorithm"] = algorithm
+        print(f"rlsd compare: training {algorithm}", flush=True)
+        run_dirs.append(str(train(one, output_dir=os.path.join(base, algorithm)).output_dir))
+    outputs = report(run_dirs, os.path.join(base, "report"))
+    print(f"rlsd compare: report in {os.path.join(base, 'report')}")
+    return 0 if outputs else 1
+
+
+def cmd_eval(args) -> int:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluate import evaluate
+    from .run import RunError, check_model_path
+
+    model_path = check_model_path(args.model)
+    reward_fn = None
+    if args.task:
+        from .tasks import get_task
+
+        task = get_task(args.task)
+        rows = task.make_rows(args.limit or 200, seed=args.seed, difficulty=task.default_difficulty, split="test")
+        reward_fn = task.reward
+    else:
+        from .data import load_dataset
+
+        rows = list(load_dataset(args.data)["train"])
+    if args.limit:
+        rows = rows[: args.limit]
+    if args.reward or reward_fn is None:
+        from .rewards import get_reward
+
+        reward_fn = get_reward(args.reward or "math")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path)
+    except OSError as err:
+        raise RunError(f"cannot load model {args.model!r}: {str(err).splitlines()[0]}") from None
+    metrics = evaluate(model, tokenizer, rows, reward_fn, k=args.k, num_samples=args.num_samples,
+                       temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                       batch_size=args.batch_size, seed=args.seed)
+    records = metrics.pop("records")
+    print(_table(metrics))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump({"model": args.model, "metrics": metrics, "records": records}, handle, indent=2, default=str)
+        print(f"rlsd eval: wrote {args.out}")
+    return 0
+
+
+def _table(metrics: dict) -> str:
+    width = max(len(k) for k in metrics)
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  -----"]
+    for key, value in metrics.items():
+        lines.append(f"{key.ljust(width)}  {value:.4f}" if isinstance(value, float) else f"{key.ljust(width)}  {value}")
+    return "\n".join(lines)
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    out = args.out or os.path.join(args.run_dirs[0], "report")
+    report(args.run_dirs, out)
+    print(f"rlsd report: wrote {out}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from .quickstart import run_quickstart
+
+    summary_path = run_quickstart(task=args.task, steps=args.steps, seed=args.seed, output_dir=args.output_dir,
+                                  fast=args.fast)
+    print(f"rlsd quickstart: summary in {summary_path}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "report": cmd_report,
+            "quickstart": cmd_quickstart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.debug:
+        return COMMANDS[args.command](args)
+    from .run import RunError
+
+    user_errors: tuple[type[BaseException], ...] = (RunError, ValueError, FileNotFoundError, KeyError)
+    try:
+        return COMMANDS[args.command](args)
+    except user_errors as err:
+        message = str(err).strip().strip('"') or type(err).__name__
+        print(f"rlsd {args.command}: error: {message.splitlines()[0]}", file=sys.stderr)
+        if len(message.splitlines()) > 1:
+            print("\n".join(message.splitlines()[1:]), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""One training run from a run configuration: data, rewards, model, trainer, run directory.
+
+The run directory holds everything a user needs afterwards:
+`config.yaml` (the resolved run), `run_config.json` (every trainer field),
+`metrics.jsonl`, TensorBoard events under `tb/`, `samples.jsonl` (sampled
+completions with rewards), HF checkpoints `checkpoint-N/` (with the EMA or
+snapshot teacher), and the final model + tokenizer + model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .config import RLSDConfig
+
+logger = logging.getLogger(__name__)
+
+
+class RunError(Exception):
+    """A problem with the user's run setup, reported as one line by the CLI."""
+
+
+@dataclass
+class PreparedRun:
+    trainer: Any
+    output_dir: Path
+    eval_rows: list[dict]
+    reward_fn: Any
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".rlsd-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise RunError(f"output directory {str(path)!r} is not writable: {err.strerror or err}") from None
+    return path
+
+
+def check_model_path(model: str | None) -> str:
+    """A local directory, or something shaped like a hub id (`org/name`); anything else is a missing path."""
+    if not model:
+        raise RunError("no model given: set `model:` in the config or pass --model (hub id or local path)")
+    local = os.path.expanduser(model)
+    if os.path.exists(local):
+        return local
+    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model) and not model.startswith("."):
+        return model
+    raise RunError(f"model path not found: {model}")
+
+
+def build_datasets(run: dict, seed: int):
+    """(train Dataset, held-out rows, default reward) from a built-in task or the user's files."""
+    from datasets import Dataset
+
+    if run.get("task"):
+        from .tasks import get_task
+
+        task = get_task(run["task"])
+        difficulty = run.get("task_difficulty") or task.default_difficulty
+        train_rows = task.make_rows(int(run["task_train_size"]), seed=seed, difficulty=difficulty, split="train")
+        eval_rows = task.make_rows(int(run["task_eval_size"]), seed=seed, difficulty=difficulty, split="test")
+        return Dataset.from_list(train_rows), eval_rows, task.reward
+    data = run.get("data")
+    if not data:
+        raise RunError("no data: set `task:` (a built-in task) or `data: {train: FILE}` in the config")
+    if isinstance(data, str):
+        data = {"train": data}
+    from .data import load_dataset
+
+    options = dict(data)
+    train_path = options.pop("train", None) or options.pop("path", None)
+    if not train_path:
+        raise RunError("data.train: missing path to the training file")
+    splits = load_dataset(train_path, eval_path=options.pop("eval", None), seed=seed, **options)
+    eval_rows = list(splits["eval"]) if "eval" in splits else []
+    return splits["train"], eval_rows, None
+
+
+def build_rewards(run: dict, default_reward):
+    specs = run.get("rewards")
+    if not specs:
+        if default_reward is None:
+            raise RunError("no reward: set `rewards:` (e.g. [math] or [exact, format:0.1]) in the config")
+        return [default_reward], None
+    from .rewards import get_rewards
+
+    if isinstance(specs, str):
+        specs = [s.strip() for s in specs.split(",") if s.strip()]
+    funcs, weights = get_rewards(specs)
+    return funcs, weights
+
+
+def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, extra_callbacks=()) -> PreparedRun:
+    """Everything `RLSDTrainer` needs, from a run dict (`config.load_run_config`)."""
+    from .callbacks import HeldOutEvalCallback, JsonlMetricsCallback
+    from .trainer import RLSDTrainer
+
+    training = dict(run["training"])
+    out = check_output_dir(output_dir or training.get("output_dir") or "runs/rlsd")
+    training["output_dir"] = str(out)
+    training.setdefault("logging_steps", 1)
+    training.setdefault("logging_dir", str(out / "tb"))
+    training.setdefault("report_to", ["tensorboard"])
+    args = RLSDConfig(**training)
+    model = check_model_path(run.get("model"))
+
+    train_dataset, eval_rows, default_reward = build_datasets(run, seed=args.seed)
+    reward_funcs, weights = build_rewards(run, default_reward)
+    if weights is not None:
+        args.reward_weights = weights
+    peft_config = None
+    if run.get("lora"):
+        from peft import LoraConfig
+
+        lora = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", **run["lora"]}
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **lora)
+
+    callbacks = [JsonlMetricsCallback(out / "metrics.jsonl"), GracefulInterruptCallback(), *extra_callbacks]
+    try:
+        trainer = RLSDTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                              peft_config=peft_config, callbacks=callbacks)
+    except OSError as err:  # hub id unknown offline, missing weights, ...
+        raise RunError(f"cannot load model {model!r}: {str(err).splitlines()[0]}") from None
+    eval_reward = reward_funcs[0] if len(reward_funcs) == 1 else default_reward or reward_funcs[0]
+    if eval_rows and int(run.get("eval_every") or 0) > 0:
+        trainer.add_callback(HeldOutEvalCallback(
+            eval_rows, eval_reward, every_n_steps=int(run["eval_every"]), tokenizer=trainer.processing_class,
+            max_new_tokens=int(run.get("eval_max_new_tokens") or args.max_completion_length)))
+    if int(run.get("samples_every") or 0) > 0:
+        trainer.add_callback(SamplesCallback(trainer, out / "samples.jsonl", int(run["samples_every"])))
+    _write_run_files(out, run, args)
+    return PreparedRun(trainer=trainer, output_dir=out, eval_rows=eval_rows, reward_fn=eval_reward)
+
+
+def train(run: dict, *, output_dir=None, resume: bool = False, extra_callbacks=()) -> PreparedRun:
+    """Train, then save the final model, tokenizer and model card into the run directory."""
+    prepared = build_trainer(run, output_dir=output_dir, extra_callbacks=extra_callbacks)
+    trainer = prepared.trainer
+    if resume and not _has_checkpoint(prepared.output_dir):
+        raise RunError(f"--resume: no checkpoint-N directory in {prepared.output_dir} to resume from")
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.save_model(str(prepared.output_dir))
+    dataset_name = run.get("task") or (run.get("data") or {}).get("train") if isinstance(run.get("data"), dict) \
+        else run.get("task") or run.get("data")
+    trainer.create_model_card(model_name=prepared.output_dir.name, dataset_name=str(dataset_name),
+                              tags=["rlsd", trainer.args.algorithm])
+    return prepared
+
+
+def _has_checkpoint(output_dir: Path) -> bool:
+    return any(p.name.startswith("checkpoint-") and p.is_dir() for p in output_dir.iterdir())
+
+
+def _write_run_files(out: Path, run: dict, args: RLSDConfig) -> None:
+    import yaml
+
+    if not args.should_save:
+        return
+    (out / "config.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+    resolved = {"algorithm": args.algorithm, "model": run.get("model"), "task": run.get("task"),
+                "training_args": json.loads(args.to_json_string())}
+    (out / "run_config.json").write_text(json.dumps(resolved, indent=2))
+
+
+class SamplesCallback(TrainerCallback):
+    """Every N steps, append the latest sampled completions with their rewards to `samples.jsonl`."""
+
+    def __init__(self, trainer, path: Path, every_n_steps: int, max_samples: int = 16):
+        self.trainer, self.path, self.every, self.max_samples = trainer, Path(path), every_n_steps, max_samples
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or state.global_step % self.every or "loss" not in (logs or {}):
+            return
+        recorded = self.trainer._logs
+        prompts, completions = list(recorded["prompt"]), list(recorded["completion"])
+        rewards = {name: list(values) for name, values in recorded["rewards"].items()}
+        with self.path.open("a", encoding="utf-8") as handle:
+            for i in range(min(len(completions), self.max_samples)):
+                handle.write(json.dumps({
+                    "step": state.global_step, "prompt": prompts[i], "completion": completions[i],
+                    "rewards": {name: values[i] for name, values in rewards.items() if i < len(values)},
+                }, default=str) + "\n")
+
+
+class GracefulInterruptCallback(TrainerCallback):
+    """First Ctrl-C: finish the current step, save a checkpoint, stop. Second Ctrl-C: abort at once."""
+
+    def __init__(self):
+        self.interrupted = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        print("\nrlsd: interrupted; saving a checkpoint after this step (Ctrl-C again to abort)", flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
