@@ -1,0 +1,101 @@
+"""User reward functions: `package.module:function` or `path/to/file.py:function`, and weighted sums.
+
+Users know their domain's checker better than we do; this module only finds
+their function, wraps it so that it cannot crash training, and says clearly
+what is wrong when it cannot be found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .robust import RobustReward, RewardFunc, robust
+
+
+class RewardError(ValueError):
+    """A reward cannot be found or built (bad name, file, function or option)."""
+
+
+def import_reward(spec: str) -> Callable[..., Any]:
+    """The function named by `module:function` or `file.py:function` (not wrapped)."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise RewardError(f"custom reward {spec!r}: expected 'package.module:function' or 'path/to/file.py:function'")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        module = _module_from_file(Path(target), spec)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise RewardError(f"custom reward {spec!r}: cannot import module {target!r}: {exc}") from exc
+    fn = getattr(module, attr, None)
+    if fn is None:
+        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise RewardError(f"custom reward {spec!r}: {target} has no function {attr!r} (it defines: {', '.join(public) or 'nothing callable'})")
+    if not callable(fn):
+        raise RewardError(f"custom reward {spec!r}: {attr!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def _module_from_file(path: Path, spec: str):
+    """Import a .py file once per resolved path, under a stable private module name."""
+    path = path.expanduser()
+    if not path.is_file():
+        raise RewardError(f"custom reward {spec!r}: file {str(path)!r} does not exist")
+    resolved = path.resolve()
+    name = f"rlsd_user_reward_{resolved.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:10]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, resolved)
+    if module_spec is None or module_spec.loader is None:
+        raise RewardError(f"custom reward {spec!r}: cannot load {str(path)!r} as Python")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise RewardError(f"custom reward {spec!r}: importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_reward(spec: str, *, name: str | None = None, timeout: float | None = None, **options: Any) -> RobustReward:
+    """A user reward from `module:function` or `file.py:function`, wrapped by `RobustReward`.
+
+    `options` are bound as keyword arguments. `timeout` (seconds per sample)
+    is enforced by abandoning a worker thread; see `RobustReward`.
+    """
+    fn = import_reward(spec)
+    return robust(fn, name=name or getattr(fn, "__name__", None), timeout=timeout, spec=spec, bound=options)
+
+
+class WeightedSum:
+    """Sum of `weight * reward` over several rewards; None where every part is None."""
+
+    def __init__(self, parts: Sequence[tuple[RewardFunc, float]], name: str = "combined"):
+        self.parts = [(robust(fn), float(weight)) for fn, weight in parts]
+        self.__name__ = name
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        total: list[float | None] = [None] * len(completions)
+        for fn, weight in self.parts:
+            for i, value in enumerate(fn(prompts=prompts, completions=completions, **kwargs)):
+                if value is not None:
+                    total[i] = (total[i] or 0.0) + weight * value
+        return total
+
+
+def combine_rewards(parts: Sequence[tuple[RewardFunc, float]], name: str = "combined") -> RobustReward:
+    """One reward = the weighted sum of several (each part is itself made robust).
+
+    TRL can also take several `reward_funcs` with `reward_weights` and log
+    each separately; prefer `get_rewards` for that.
+    """
+    if not parts:
+        raise RewardError("combine_rewards needs at least one (reward, weight) pair")
+    return robust(WeightedSum(parts, name), name=name)
