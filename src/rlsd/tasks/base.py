@@ -1,0 +1,149 @@
+"""Shared pieces of the built-in tasks: the `Task` record, split hashing, answer parsing.
+
+Every task is a pure generator plus a verifier. Problems are assigned to the
+train or held-out split by a hash of their canonical form, so the two splits
+can never share a problem, whatever seeds or sizes are asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+Row = dict[str, Any]
+RewardFn = Callable[..., list[float]]
+
+HELD_OUT_FRACTION = 0.2  # share of each problem space reserved for evaluation
+TRAIN_SPLITS = {"train"}
+HELD_OUT_SPLITS = {"test", "eval", "held_out", "heldout", "validation", "val"}
+MAX_CONSECUTIVE_MISSES = 20_000  # draws without a new problem before the space counts as exhausted
+_ANSWER_RE = re.compile(r"Answer:[ \t]*([^\n]*)")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A built-in task: a seeded row generator, a TRL-style reward and a one-line description."""
+
+    name: str
+    make_rows: Callable[..., list[Row]]
+    reward: RewardFn
+    description: str
+    default_difficulty: int = 1
+    max_difficulty: int = 3
+
+    def __repr__(self) -> str:  # the functions make the dataclass repr unreadable
+        return f"Task({self.name!r})"
+
+
+def normalize_split(split: str) -> str:
+    """Map the many names people use for a held-out split onto `train` / `test`."""
+    key = split.lower()
+    if key in TRAIN_SPLITS:
+        return "train"
+    if key in HELD_OUT_SPLITS:
+        return "test"
+    raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
+
+
+def split_of(task_name: str, canonical: str, held_out_fraction: float = HELD_OUT_FRACTION) -> str:
+    """Which split a problem belongs to; a pure function of the problem, never of the seed."""
+    digest = hashlib.sha256(f"{task_name}|{canonical}".encode()).digest()
+    bucket = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if bucket < held_out_fraction else "train"
+
+
+def check_difficulty(difficulty: int, max_difficulty: int) -> int:
+    if not isinstance(difficulty, int) or not 1 <= difficulty <= max_difficulty:
+        raise ValueError(f"difficulty must be an integer in 1..{max_difficulty}, got {difficulty!r}")
+    return difficulty
+
+
+def sample_rows(
+    task_name: str,
+    sample: Callable[[random.Random], tuple[str, Row]],
+    n: int,
+    seed: int,
+    difficulty: int,
+    split: str,
+) -> list[Row]:
+    """Draw `n` distinct problems of one split by rejection sampling.
+
+    `sample(rng)` returns `(canonical_key, row)`. Rows whose key hashes to the
+    other split, or that repeat a key already drawn, are skipped; a problem
+    space too small for `n` distinct rows raises (after many draws in a row
+    find nothing new) instead of looping forever.
+    """
+    want = normalize_split(split)
+    rng = random.Random(f"{task_name}|{seed}|{difficulty}|{want}")
+    rows: list[Row] = []
+    seen: set[str] = set()
+    misses = 0
+    while len(rows) < n:
+        key, row = sample(rng)
+        if key in seen or split_of(task_name, key) != want:
+            misses += 1
+            if misses > MAX_CONSECUTIVE_MISSES:
+                raise ValueError(
+                    f"{task_name}: could not draw {n} distinct {want} problems at difficulty {difficulty} "
+                    f"(found {len(rows)}); ask for fewer rows or a higher difficulty"
+                )
+            continue
+        misses = 0
+        seen.add(key)
+        rows.append(row)
+    return rows
+
+
+def chat_prompt(question: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": question}]
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion as TRL passes it: a string or a list of chat messages."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    if isinstance(completion, Sequence):
+        # Conversational: the assistant turn(s); join in case a template split them.
+        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    return str(completion)
+
+
+def prompt_text(prompt: Any) -> str:
+    """The user-visible text of a prompt (string or message list), for parsing problem data back out."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, Sequence):
+        return "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
+    return str(prompt)
+
+
+def extract_answer(text: Any) -> str | None:
+    """The final answer of a completion: what follows its last `Answer:` marker, or None."""
+    found = _ANSWER_RE.findall(completion_text(text))
+    if not found:
+        return None
+    answer = found[-1].strip().rstrip(".").strip()
+    return answer or None
+
+
+def normalize_answer(answer: str | None) -> str | None:
+    """Canonical form for exact-match comparison: no spaces; integers as Python writes them."""
+    if answer is None:
+        return None
+    compact = re.sub(r"\s+", "", str(answer))
+    if re.fullmatch(r"[+-]?\d+", compact):
+        return str(int(compact))
+    return compact
+
+
+def exact_match_reward(prompts: list[Any], completions: list[Any], answer: Iterable[Any], **kwargs: Any) -> list[float]:
+    """1.0 iff the completion's last `Answer: X` equals the reference answer (after normalisation)."""
+    return [
+        1.0 if (got := normalize_answer(extract_answer(c))) is not None and got == normalize_answer(str(a)) else 0.0
+        for c, a in zip(completions, answer)
+    ]
