@@ -52,7 +52,8 @@ def get_reward(name: str, **options: Any) -> RobustReward:
         accepted += list(SandboxLimits.__dataclass_fields__)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise RewardError(f"reward {name!r} has no option {', '.join(map(repr, unknown))}; options: {', '.join(accepted) or 'none'}")
+        bad, known = ", ".join(map(repr, unknown)), ", ".join(accepted) or "none"
+        raise RewardError(f"reward {name!r} has no option {bad}; options: {known}")
     try:
         fn = factory(**options)
     except (TypeError, ValueError) as exc:

@@ -36,7 +36,8 @@ def import_reward(spec: str) -> Callable[..., Any]:
     fn = getattr(module, attr, None)
     if fn is None:
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise RewardError(f"custom reward {spec!r}: {target} has no function {attr!r} (it defines: {', '.join(public) or 'nothing callable'})")
+        defined = ", ".join(public) or "nothing callable"
+        raise RewardError(f"custom reward {spec!r}: {target} has no function {attr!r} (it defines: {defined})")
     if not callable(fn):
         raise RewardError(f"custom reward {spec!r}: {attr!r} is a {type(fn).__name__}, not a function")
     return fn
@@ -60,7 +61,8 @@ def _module_from_file(path: Path, spec: str):
         module_spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise RewardError(f"custom reward {spec!r}: importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+        why = f"{type(exc).__name__}: {exc}"
+        raise RewardError(f"custom reward {spec!r}: importing {str(path)!r} failed: {why}") from exc
     return module
 
 

@@ -264,7 +264,8 @@ def _kill_uid_after(actual: int, uid: int) -> None:
         return
     if uid == 65534:
         return
-    killer = f"import os\nos.setgroups([])\nos.setgid({uid})\nos.setuid({uid})\ntry:\n os.kill(-1, 9)\nexcept OSError:\n pass"
+    killer = f"import os\nos.setgroups([])\nos.setgid({uid})\nos.setuid({uid})\n"
+    killer += "try:\n os.kill(-1, 9)\nexcept OSError:\n pass"
     try:  # the helper drops to the uid itself: that uid may not be allowed to read the interpreter's directory
         subprocess.run(
             [sys.executable, "-I", "-S", "-c", killer],

@@ -137,9 +137,14 @@ def parse_number(s: str) -> float | None:
     return value / 100 if percent else value
 
 
+_NUMBER_IN_TEXT_RE = re.compile(
+    r"-?\\d?frac\{[^{}]+\}\{[^{}]+\}|[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*\d+)?%?"
+)
+
+
 def _numbers_in(text: str) -> list[float]:
     out = []
-    for m in re.finditer(r"-?\\d?frac\{[^{}]+\}\{[^{}]+\}|[-+]?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*\d+)?%?", text):
+    for m in _NUMBER_IN_TEXT_RE.finditer(text):
         value = parse_number(m.group(0))
         if value is not None:
             out.append(value)
@@ -149,8 +154,8 @@ def _numbers_in(text: str) -> list[float]:
 class NumericReward(_Verifier):
     """1.0 when the final number in the completion is within tolerance of the reference number.
 
-    The number is taken from the `<answer>` tag / `\\boxed{}` / `Answer:` line
-    if present, else the last number in the text. Passes if
+    The number is the first one in the `<answer>` tag / `\\boxed{}` / `Answer:`
+    line if present, else the last number in the text. Passes if
     `|x - ref| <= max(rel_tol * |ref|, abs_tol)`.
     """
 
@@ -164,12 +169,11 @@ class NumericReward(_Verifier):
         if ref is None:
             raise ValueError(f"reference answer {answer!r} is not a number")
         final = extract_final_answer(text, fallback_last_line=False)
-        candidates = _numbers_in(final) if final is not None else []
-        if not candidates:
-            candidates = _numbers_in(strip_think(text))
-        if not candidates:
+        stated = _numbers_in(final) if final is not None else []
+        value = stated[0] if stated else next(reversed(_numbers_in(strip_think(text))), None)
+        if value is None:
             return 0.0
-        return float(math.isclose(candidates[-1], ref, rel_tol=self.rel_tol, abs_tol=self.abs_tol))
+        return float(math.isclose(value, ref, rel_tol=self.rel_tol, abs_tol=self.abs_tol))
 
 
 # --------------------------------------------------------------------------------------------- exact
@@ -194,7 +198,8 @@ class ChoiceReward(_Verifier):
         cls = re.escape(self.letters)
         self._alone = re.compile(rf"^\W*([{cls}])(?:\W|$)", re.IGNORECASE)
         self._said = re.compile(
-            rf"(?:answer|option|choice)\s*(?:is|:)?\s*(?:option\s*)?[(\[]?\**([{cls}])\**[)\]]?(?![A-Za-z])", re.IGNORECASE
+            rf"(?:answer|option|choice)\s*(?:is|:)?\s*(?:option\s*)?[(\[]?\**([{cls}])\**[)\]]?(?![A-Za-z])",
+            re.IGNORECASE,
         )
         self._paren = re.compile(rf"\(([{cls}])\)")
 
