@@ -119,7 +119,8 @@ def test_csv_auto_detects_problem_final_answer_explanation(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("problem,final_answer,explanation,tests\nWhat is 1+2?,3,1+2=3,assert True\n")
     row = load_dataset(path)["train"][0]
-    assert (row["prompt"], row["answer"], row["solution"], row["tests"]) == ("What is 1+2?", "3", "1+2=3", "assert True")
+    got = (row["prompt"], row["answer"], row["solution"], row["tests"])
+    assert got == ("What is 1+2?", "3", "1+2=3", "assert True")
 
 
 def test_explicit_mapping_overrides_auto_detection(tmp_path):

@@ -438,3 +438,21 @@ def test_escaped_daemons_are_killed():
     result = run_python_tests(daemon, ADD_TESTS, SandboxLimits(uid=uid))
     assert result.fraction == 1.0
     assert processes_of(uid) == []
+
+
+@linux_only
+def test_subprocesses_and_raw_ctypes_are_refused_unless_allowed():
+    echo = "import subprocess\nOUT = subprocess.run(['/bin/echo', 'hi'], capture_output=True).stdout"
+    assert run_python_tests(echo, "assert OUT == b'hi\\n'", FAST).status == "solution_error"
+    assert run_python_tests(echo, "assert OUT == b'hi\\n'", SandboxLimits(allow_subprocess=True)).fraction == 1.0
+    raw = "import ctypes\nPID = ctypes.CDLL(None).getpid()"
+    assert run_python_tests(raw, "assert PID", FAST).status == "solution_error"
+    numpy = "import numpy as np\ndef total():\n    return int(np.arange(4).sum())"  # libraries still import
+    assert run_python_tests(numpy, "assert total() == 6", FAST).fraction == 1.0
+
+
+@linux_only
+@pytest.mark.skipif(not IS_ROOT, reason="namespaces need root")
+def test_root_sandbox_sees_only_its_own_processes():
+    checks = ["assert os.getpid() == 1", "assert len([p for p in os.listdir('/proc') if p.isdigit()]) < 5"]
+    assert run_python_tests("import os", checks, FAST).fraction == 1.0

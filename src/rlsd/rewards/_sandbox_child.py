@@ -4,6 +4,10 @@ Started by `rlsd.rewards.sandbox` as `python -I -B _sandbox_child.py` with a
 JSON payload on stdin; not an API. Order matters: limits are set and
 privileges dropped *before* any untrusted code is compiled.
 
+As root: new network, mount and PID namespaces; this process forks PID 1 of
+the new namespace (which drops to the sandbox uid and runs the code) and stays
+behind, still root and out of its reach, to enforce the wall-clock timeout.
+
 Protocol: every line written to the result pipe starts with a random nonce the
 untrusted code never sees in its own namespace; the parent counts a test as
 passed only on `NONCE PASS i` from the original process (forks are ignored).
@@ -235,7 +239,7 @@ def _audit_hook(workdir: str, allow_subprocess: bool):
                 deny(event, "no subprocesses")
         elif event in _CTYPES_EVENTS or (event == "ctypes.dlopen" and args and args[0] is not None):
             deny(event, "no foreign function calls")
-        elif event in ("os.kill", "os.killpg", "signal.pthread_kill"):
+        elif event in ("os.kill", "os.killpg"):
             target = args[0]
             if target not in (0, getpid(), -getpgid(0)) and not (event == "os.killpg" and target == getpgid(0)):
                 deny(event, "may only signal itself")

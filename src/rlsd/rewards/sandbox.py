@@ -9,9 +9,10 @@ Guarantees (Linux), all set before the untrusted code is compiled:
     open files (RLIMIT_NOFILE), processes (RLIMIT_NPROC), no core dumps;
   * a wall-clock timeout, after which the whole process group is SIGKILLed;
   * a fresh temporary working directory, removed afterwards;
-  * when run as root: a new, empty network namespace, and the child drops to a
-    fresh unprivileged uid (so RLIMIT_NPROC is enforced: the kernel ignores it
-    for root), and every process left with that uid is killed afterwards;
+  * when run as root: new network (empty), mount (private /tmp, hidden /root)
+    and PID namespaces (everything left is killed when the run ends), and the
+    code runs as a fresh unprivileged uid, so that RLIMIT_NPROC is enforced
+    (the kernel ignores it for root);
   * a Python audit hook that blocks sockets, exec, raw ctypes calls and writes
     outside the working directory (defence in depth; native code can bypass it).
 See docs/datasets.md for what is *not* guaranteed without root.
@@ -313,7 +314,9 @@ class CodeReward:
     Options: `timeout_s`, `memory_mb`, `nproc`, `cpu_s`, `file_size_mb`,
     `allow_subprocess` (see `SandboxLimits`), `tests_column` (default
     "tests"), `max_workers` (parallel sandboxes; default: number of CPUs, at
-    most 8). Rows without tests get None ("does not apply").
+    most 8). Rows without tests get None ("does not apply"). A sample whose
+    sandbox cannot be set up comes back as the exception itself, which
+    `RobustReward` (what `get_reward("code")` returns) scores 0.0 and counts.
     """
 
     __name__ = "code"
