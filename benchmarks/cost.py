@@ -1,0 +1,475 @@
+"""What RLSD costs: step time and peak memory of rlsd vs grpo, vs opd (external 2x/4x teacher), vs plain TRL.
+
+    python benchmarks/cost.py                       # full run (several minutes on 2 CPU cores)
+    python benchmarks/cost.py --quick               # <= ~2 minutes
+    python benchmarks/cost.py --quick --steps 2     # smoke
+
+Every configuration trains the same student on the same prompts with the same seed, in its OWN subprocess
+(`--worker CONFIG_JSON`), so that one run's memory high-water mark cannot pollute another's. Configurations
+run in rounds, the order rotated each round, and ratios are taken within a round (paired) before the median
+over rounds, so slow drift of the machine cancels.
+
+Step time: wall time between consecutive optimizer-step ends (generation, rewards, teacher pass, loss,
+backward, optimizer, logging: everything), median over the steps after `--warmup` discarded ones.
+Completion length is pinned to `max_completion_length` (`min_new_tokens`), so every configuration
+processes the same number of tokens whatever its weights do.
+
+Peak memory:
+- CPU: the process's resident-set high-water mark (VmHWM) is reset after warm-up (`/proc/self/clear_refs`,
+  Linux >= 4.0), read after the last step, and reported minus the RSS measured after imports and before any
+  model load ("peak_mb"). It therefore counts weights (student, teacher), gradients, optimizer state and
+  activations, but not the interpreter and libraries; code pages touched for the first time are already
+  resident after warm-up. Without /proc it falls back to ru_maxrss (polluted by setup, flagged in the JSON).
+- CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats()` at the end of warm-up.
+
+Phases: each worker wraps (by instance attribute, nothing in the package changes) TRL's `_generate`,
+`_calculate_rewards`, `_generate_and_score_completions`, `compute_loss`, and RLSD's `_teacher_prompt_tensors`,
+`_log_leakage` and the `teacher.activate()` context (= the teacher forward, wherever it runs: the rollout for
+rlsd, the loss for opd), so a slow teacher pass can be traced to its part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIGS = ("grpo", "rlsd", "opd2x", "opd4x", "trl")
+PRESETS = {  # student size, batch and lengths; teachers are sized from the student (2x / 4x parameters)
+    "full": dict(hidden=256, layers=4, heads=4, batch=8, generations=4, completion=96, warmup=2, steps=5, rounds=3),
+    "quick": dict(hidden=128, layers=4, heads=4, batch=8, generations=4, completion=48, warmup=1, steps=3, rounds=1),
+    "smoke": dict(hidden=32, layers=2, heads=2, batch=4, generations=2, completion=8, warmup=1, steps=1, rounds=1),
+}
+RATIO_TARGETS = {"rlsd_vs_grpo/step_time": 1.10, "rlsd_vs_grpo/peak_mb": 1.05, "rlsd_vs_opd2x/peak_mb": 0.60}
+RESULT_PREFIX = "COST_RESULT "
+
+
+# ---- models and data (parent process) ---------------------------------------------------------------------------
+def count_params(hidden: int, layers: int, heads: int) -> int:
+    """Parameters of `build_tiny_model` at this size, counted on the meta device (nothing allocated)."""
+    import torch
+
+    from rlsd.tasks.tiny import build_char_tokenizer, build_tiny_model
+
+    with torch.device("meta"):
+        model = build_tiny_model(build_char_tokenizer(), hidden_size=hidden, num_layers=layers, num_heads=heads)
+    return sum(p.numel() for p in model.parameters())
+
+
+def teacher_hidden(student_params: int, ratio: float, layers: int, heads: int) -> int:
+    """The hidden size (a multiple of 2*heads, for rotary head dims) whose parameter count is closest to ratio x."""
+    step = 2 * heads
+    base = int((ratio ** 0.5) * (student_params / (16 * layers)) ** 0.5)  # ~16 H^2 parameters per layer
+    candidates = range(max(step, (base // step - 4) * step), (base // step + 5) * step, step)
+    return min(candidates, key=lambda h: abs(count_params(h, layers, heads) / student_params - ratio))
+
+
+def build_models(workdir: Path, preset: dict) -> dict[str, dict]:
+    """Student and 2x/4x teachers (same char tokenizer), saved as HF directories."""
+    from rlsd.tasks.tiny import save_tiny_model
+
+    layers, heads = preset["layers"], preset["heads"]
+    student = count_params(preset["hidden"], layers, heads)
+    sizes = {"student": preset["hidden"], "teacher2x": teacher_hidden(student, 2, layers, heads),
+             "teacher4x": teacher_hidden(student, 4, layers, heads)}
+    models = {}
+    for name, hidden in sizes.items():
+        path = save_tiny_model(workdir / name, hidden_size=hidden, num_layers=layers, num_heads=heads)
+        params = count_params(hidden, layers, heads)
+        models[name] = {"path": str(path), "hidden": hidden, "layers": layers, "params": params,
+                        "param_ratio": params / student}
+    return models
+
+
+def make_rows(n: int = 64) -> list[dict]:
+    """Arithmetic prompts with a reference answer and a worked solution (the privileged text)."""
+    rows = []
+    for i in range(n):
+        a, b = 17 + 7 * i % 83, 29 + 13 * i % 71
+        rows.append({"prompt": [{"role": "user", "content": f"Compute {a}+{b}. Think step by step."}],
+                     "answer": str(a + b), "solution": f"{a}+{b}={a + b}"})
+    return rows
+
+
+def digit_reward(prompts, completions, **kwargs):
+    """A dense toy reward (share of digits) so that groups have non-zero advantages."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
+
+
+# ---- worker (one configuration, fresh process) --------------------------------------------------------------
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        match = re.search(rf"^{field}:\s+(\d+)", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _current_rss_mb() -> float:
+    rss = _proc_status_kb("VmRSS")
+    return rss / 1024 if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_rss_mb() -> float:
+    hwm = _proc_status_kb("VmHWM")
+    return hwm / 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PhaseTimer:
+    """Accumulates wall time per named phase for the current optimizer step."""
+
+    def __init__(self):
+        self.current: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []
+
+    def wrap(self, obj: Any, method: str, phase: str) -> None:
+        original = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.current[phase] = self.current.get(phase, 0.0) + time.perf_counter() - start
+
+        setattr(obj, method, timed)
+
+    def wrap_context(self, obj: Any, method: str, phase: str) -> None:
+        original = getattr(obj, method)
+
+        @contextlib.contextmanager
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                with original(*args, **kwargs) as value:
+                    yield value
+            finally:
+                self.current[phase] = self.current.get(phase, 0.0) + time.perf_counter() - start
+
+        setattr(obj, method, timed)
+
+    def end_step(self) -> None:
+        self.steps.append(self.current)
+        self.current = {}
+
+
+def _build_trainer(cfg: dict):
+    import torch
+    from datasets import Dataset
+
+    cuda = torch.cuda.is_available()
+    common = dict(output_dir=cfg["output_dir"], per_device_train_batch_size=cfg["batch"],
+                  num_generations=cfg["generations"], max_completion_length=cfg["completion"],
+                  generation_kwargs={"min_new_tokens": cfg["completion"]}, max_steps=cfg["warmup"] + cfg["steps"],
+                  learning_rate=1e-5, logging_steps=1, save_strategy="no", report_to=[], use_cpu=not cuda,
+                  seed=0, disable_tqdm=True, bf16=cuda and torch.cuda.is_bf16_supported(), dataloader_num_workers=0)
+    dataset = Dataset.from_list(make_rows())
+    if cfg["name"] == "trl":
+        from trl import GRPOConfig, GRPOTrainer
+
+        return GRPOTrainer(model=cfg["student"], reward_funcs=digit_reward, args=GRPOConfig(**common),
+                           train_dataset=dataset)
+    from rlsd import RLSDConfig, RLSDTrainer
+
+    extra = {"algorithm": cfg["name"]} if cfg["name"] in ("rlsd", "grpo") else {
+        "algorithm": "opd", "teacher_model": cfg["teacher"]}
+    return RLSDTrainer(model=cfg["student"], reward_funcs=digit_reward, args=RLSDConfig(**common, **extra),
+                       train_dataset=dataset)
+
+
+def run_worker(cfg: dict) -> dict:
+    """Train one configuration and measure it; runs in a fresh process."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+    import trl  # noqa: F401  (imports before the baseline, so libraries are not counted as training memory)
+    from transformers import TrainerCallback
+
+    import rlsd  # noqa: F401
+
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    cuda = torch.cuda.is_available()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rss_imports = _current_rss_mb()
+    trainer = _build_trainer(cfg)
+    rss_setup = _current_rss_mb()
+
+    timer = PhaseTimer()
+    prompt_lengths: dict[str, list[float]] = {"student_prompt_tokens": [], "teacher_prompt_tokens": []}
+    if hasattr(trainer, "_teacher_prompt_tensors"):  # record how much longer the teacher's context is
+        build_teacher_prompts = trainer._teacher_prompt_tensors
+
+        def teacher_prompt_tensors(inputs, output):
+            ids, mask = build_teacher_prompts(inputs, output)
+            prompt_lengths["student_prompt_tokens"].append(output["prompt_mask"].sum(1).float().mean().item())
+            prompt_lengths["teacher_prompt_tokens"].append(mask.sum(1).float().mean().item())
+            return ids, mask
+
+        trainer._teacher_prompt_tensors = teacher_prompt_tensors
+    for method, phase in (("_generate", "generate"), ("_calculate_rewards", "rewards"),
+                          ("_generate_and_score_completions", "rollout_total"), ("compute_loss", "loss_total"),
+                          ("_teacher_prompt_tensors", "teacher_prompts"), ("_log_leakage", "leakage")):
+        if hasattr(trainer, method):
+            timer.wrap(trainer, method, phase)
+    if getattr(trainer, "teacher", None) is not None:
+        timer.wrap_context(trainer.teacher, "activate", "teacher_forward")
+
+    marks: dict[str, Any] = {"ends": [], "cpu": [], "hwm_reset": None}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            marks["ends"].append(time.perf_counter())
+            marks["cpu"].append(time.process_time())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            marks["ends"].append(time.perf_counter())
+            marks["cpu"].append(time.process_time())
+            timer.end_step()
+            if state.global_step == cfg["warmup"]:  # peak memory counts the measured steps only
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                else:
+                    marks["hwm_reset"] = _reset_peak_rss()
+                marks["ends"][-1], marks["cpu"][-1] = time.perf_counter(), time.process_time()
+
+    trainer.add_callback(Clock())
+    trainer.train()
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        method = "cuda.max_memory_allocated"
+    else:
+        peak = _peak_rss_mb() - rss_imports
+        method = "VmHWM_after_warmup - RSS_after_imports" if marks["hwm_reset"] else "ru_maxrss - RSS_after_imports"
+    step_times = [b - a for a, b in zip(marks["ends"], marks["ends"][1:])]
+    measured = step_times[cfg["warmup"]:]
+    cpu_times = [b - a for a, b in zip(marks["cpu"], marks["cpu"][1:])][cfg["warmup"]:]
+    phases = timer.steps[cfg["warmup"]:]
+    logs = [e for e in trainer.state.log_history if "step_time" in e]
+    teacher_frac = [e["teacher/time_frac"] for e in logs[cfg["warmup"]:] if "teacher/time_frac" in e]
+    lengths = [e["completions/mean_length"] for e in logs if "completions/mean_length" in e]
+    return {
+        "name": cfg["name"], "round": cfg.get("round", 0), "step_times": step_times, "warmup": cfg["warmup"],
+        "median_step_time": statistics.median(measured), "mean_step_time": statistics.fmean(measured),
+        "median_step_cpu_time": statistics.median(cpu_times),
+        "loadavg_1min": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
+        "phases_mean": {k: statistics.fmean(p.get(k, 0.0) for p in phases)
+                        for k in sorted({k for p in phases for k in p})},
+        "trainer_teacher_time_frac": statistics.median(teacher_frac) if teacher_frac else None,
+        "completion_mean_length": statistics.fmean(lengths) if lengths else None,
+        "peak_mb": peak, "memory_method": method, "rss_after_imports_mb": rss_imports,
+        **{k: statistics.fmean(v) for k, v in prompt_lengths.items() if v},
+        "setup_mb": rss_setup - rss_imports, "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(),
+    }
+
+
+# ---- parent: schedule, aggregate, print --------------------------------------------------------------------
+def run_config_in_subprocess(cfg: dict, timeout: float) -> dict:
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    raise RuntimeError(f"worker {cfg['name']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def aggregate(results: list[dict], rounds: int) -> dict:
+    """Per-config medians over rounds and paired (same-round) ratios, median over rounds."""
+    by_name: dict[str, list[dict]] = {}
+    for r in results:
+        by_name.setdefault(r["name"], []).append(r)
+    per_config = {}
+    for name, runs in by_name.items():
+        phases = {k: statistics.median(r["phases_mean"].get(k, 0.0) for r in runs)
+                  for k in sorted({k for r in runs for k in r["phases_mean"]})}
+        fracs = [r["trainer_teacher_time_frac"] for r in runs if r["trainer_teacher_time_frac"] is not None]
+        per_config[name] = {
+            "median_step_time": statistics.median(r["median_step_time"] for r in runs),
+            "median_step_cpu_time": statistics.median(r["median_step_cpu_time"] for r in runs),
+            "peak_mb": statistics.median(r["peak_mb"] for r in runs),
+            "setup_mb": statistics.median(r["setup_mb"] for r in runs),
+            "trainer_teacher_time_frac": statistics.median(fracs) if fracs else None,
+            "phases_mean": phases,
+            **{k: statistics.median(r[k] for r in runs) for k in ("student_prompt_tokens", "teacher_prompt_tokens")
+               if all(k in r for r in runs)},
+            "mean_step_time": statistics.median(r["mean_step_time"] for r in runs),
+        }
+    pairs = {"rlsd_vs_grpo": ("rlsd", "grpo"), "rlsd_vs_opd2x": ("rlsd", "opd2x"), "rlsd_vs_opd4x": ("rlsd", "opd4x"),
+             "rlsd_vs_trl": ("rlsd", "trl"), "grpo_vs_trl": ("grpo", "trl")}
+    ratios, spread = {}, {}
+    for key, (a, b) in pairs.items():
+        if a not in by_name or b not in by_name:
+            continue
+        for metric, field in (("step_time", "median_step_time"), ("cpu_time", "median_step_cpu_time"),
+                              ("peak_mb", "peak_mb")):
+            per_round = []
+            for rnd in range(rounds):
+                ra = [r for r in by_name[a] if r["round"] == rnd]
+                rb = [r for r in by_name[b] if r["round"] == rnd]
+                if ra and rb:
+                    per_round.append(_ratio(ra[0][field], rb[0][field]))
+            ratios[f"{key}/{metric}"] = statistics.median(per_round) if per_round else None
+            spread[f"{key}/{metric}"] = per_round
+    for name, c in per_config.items():  # phase shares of the mean step (the teacher forward, wherever it runs)
+        c["teacher_forward_frac"] = c["phases_mean"].get("teacher_forward", 0.0) / c["mean_step_time"]
+    ratios["rlsd/teacher_time_frac"] = per_config.get("rlsd", {}).get("trainer_teacher_time_frac")
+    return {"per_config": per_config, "ratios": ratios, "ratios_per_round": spread}
+
+
+def format_report(summary: dict) -> str:
+    meta, ratios, spread = summary["meta"], summary["ratios"], summary["ratios_per_round"]
+    models = meta["models"]
+    lines = [f"RLSD cost benchmark ({meta['mode']}) on {meta['machine']}",
+             f"student {models['student']['params'] / 1e6:.2f}M params (hidden {models['student']['hidden']}, "
+             f"{models['student']['layers']} layers); OPD teachers "
+             f"{models['teacher2x']['param_ratio']:.2f}x and {models['teacher4x']['param_ratio']:.2f}x; "
+             f"batch {meta['preset']['batch']} ({meta['preset']['generations']} generations/prompt), "
+             f"{meta['preset']['completion']} completion tokens; {meta['preset']['warmup']} warm-up + "
+             f"{meta['preset']['steps']} measured steps x {meta['preset']['rounds']} round(s)",
+             f"memory: {meta['memory_method']}; step time: wall clock (cpu_time: process CPU time, robust to "
+             f"other load); 1-min load average during the run {meta['loadavg_1min']['min']:.1f}-"
+             f"{meta['loadavg_1min']['max']:.1f}", "",
+             f"{'ratio':<28}{'median':>9}  {'target':>8}  {'met':>4}  per round"]
+    for key, value in ratios.items():
+        target = RATIO_TARGETS.get(key)
+        met = "" if target is None or value is None else ("yes" if value <= target else "NO")
+        per_round = " ".join(f"{v:.3f}" for v in spread.get(key, []))
+        shown = "n/a" if value is None else f"{value:.3f}"
+        lines.append(f"{key:<28}{shown:>9}  {('<= %.2f' % target) if target else '':>8}  {met:>4}  {per_round}")
+    lines += ["", f"{'config':<8}{'step s':>8}{'cpu s':>8}{'peak MB':>9}{'setup MB':>9}{'teacher%':>9}"
+                  f"{'fwd%':>6}  phases (mean s/step)"]
+    for name, c in summary["per_config"].items():
+        frac = c["trainer_teacher_time_frac"]
+        phases = ", ".join(f"{k} {v:.3f}" for k, v in c["phases_mean"].items() if v >= 0.0005)
+        lines.append(f"{name:<8}{c['median_step_time']:>8.3f}{c['median_step_cpu_time']:>8.3f}{c['peak_mb']:>9.1f}"
+                     f"{c['setup_mb']:>9.1f}{'' if frac is None else f'{frac:.1%}':>9}"
+                     f"{c['teacher_forward_frac']:>6.0%}  {phases}")
+    rlsd = summary["per_config"].get("rlsd", {})
+    if "teacher_prompt_tokens" in rlsd:
+        lines.append(f"\nrlsd prompt tokens: student {rlsd['student_prompt_tokens']:.0f}, teacher "
+                     f"{rlsd['teacher_prompt_tokens']:.0f} (+ {meta['preset']['completion']} completion tokens each)")
+    lines.append("teacher% = teacher/time_frac logged by RLSDTrainer (rollout-side teacher work only); fwd% = time "
+                 "inside teacher.activate() / mean step, wherever the teacher forward runs (opd: in the loss)")
+    return "\n".join(lines)
+
+
+def machine_description(threads: int = 0) -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = re.findall(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        cpu = names[0] if names else cpu
+    used = threads or torch.get_num_threads()
+    return f"{os.cpu_count()}-core CPU ({cpu}), no GPU, torch {torch.__version__}, {used} torch thread(s) per worker"
+
+
+def _schedule(names: list[str], preset: dict, models: dict, tmp: Path, threads: int) -> list[dict]:
+    """Worker configs, round by round, the order rotated each round."""
+    teachers = {"opd2x": models["teacher2x"]["path"], "opd4x": models["teacher4x"]["path"]}
+    cfgs = []
+    for rnd in range(preset["rounds"]):
+        shift = rnd % len(names)
+        for name in names[shift:] + names[:shift]:
+            cfgs.append({**preset, "name": name, "round": rnd, "student": models["student"]["path"],
+                         "teacher": teachers.get(name), "threads": threads,
+                         "output_dir": str(tmp / f"out-{name}-{rnd}")})
+    return cfgs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="RLSD step time and peak memory vs GRPO, OPD and TRL.")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller model, 1 round (about 2 minutes on 2 cores)")
+    size.add_argument("--smoke", action="store_true", help="tiny model, 1 step: checks the script, not the numbers")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps per run (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=None, help="discarded steps per run")
+    parser.add_argument("--rounds", type=int, default=None, help="repeats of every configuration, order rotated")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads per worker (0: torch's default). 1 by default: on a shared "
+                             "small CPU box, OpenMP threads stall whenever another process takes a core")
+    parser.add_argument("--jobs", type=int, default=1, help="workers at once; >1 only for smoke runs (timings interfere)")
+    parser.add_argument("--out", default="benchmarks/results/cost.json")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per worker")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(RESULT_PREFIX + json.dumps(run_worker(json.loads(args.worker))), flush=True)
+        return 0
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    preset = dict(PRESETS[mode])
+    for key in ("steps", "warmup", "rounds"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = set(names) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configs {sorted(unknown)}")
+    started = time.time()
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    results = []
+    with tempfile.TemporaryDirectory(prefix="rlsd-cost-") as tmp:
+        models = build_models(Path(tmp), preset)
+        cfgs = _schedule(names, preset, models, Path(tmp), args.threads)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for cfg, result in zip(cfgs, pool.map(lambda c: run_config_in_subprocess(c, args.timeout), cfgs)):
+                print(f"[round {cfg['round'] + 1}/{preset['rounds']}] {cfg['name']:<6} median step "
+                      f"{result['median_step_time']:.3f}s (cpu {result['median_step_cpu_time']:.3f}s) "
+                      f"peak {result['peak_mb']:.1f} MB", flush=True)
+                results.append(result)
+    summary = aggregate(results, preset["rounds"])
+    load = [r["loadavg_1min"][0] for r in results if r["loadavg_1min"][0] is not None]
+    summary["meta"] = {"mode": mode, "preset": preset, "machine": machine_description(args.threads),
+                       "configs": names, "threads": args.threads, "jobs": args.jobs,
+                       "models": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in models.items()},
+                       "memory_method": results[0]["memory_method"], "wall_seconds": time.time() - started,
+                       "loadavg_1min": {"start": load_start, "min": min(load, default=None),
+                                        "max": max(load, default=None)},
+                       "targets": RATIO_TARGETS}
+    summary["raw"] = results
+    text = format_report(summary)
+    print("\n" + text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nwrote {out} ({summary['meta']['wall_seconds']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

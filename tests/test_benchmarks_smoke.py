@@ -1,0 +1,31 @@
+"""The cost benchmark runs end to end (tiny model, one measured step) and writes the ratios it promises."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cost_benchmark_smoke(tmp_path):
+    out = tmp_path / "cost.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cost.py"), "--smoke", "--jobs", "2", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in ("rlsd_vs_grpo/step_time", "rlsd_vs_grpo/peak_mb", "rlsd_vs_opd2x/step_time", "rlsd_vs_opd2x/peak_mb",
+                "rlsd_vs_opd4x/step_time", "rlsd_vs_opd4x/peak_mb", "rlsd_vs_trl/step_time", "rlsd_vs_trl/peak_mb",
+                "rlsd/teacher_time_frac"):
+        assert isinstance(result["ratios"][key], float) and result["ratios"][key] > 0, key
+    assert set(result["per_config"]) == {"grpo", "rlsd", "opd2x", "opd4x", "trl"}
+    assert result["per_config"]["rlsd"]["phases_mean"]["teacher_forward"] > 0
+    assert "teacher_forward" not in result["per_config"]["grpo"]["phases_mean"]
+    assert "rlsd_vs_grpo/step_time" in proc.stdout
