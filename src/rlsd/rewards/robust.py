@@ -111,7 +111,7 @@ class RobustReward:
         if self.timeout is None:
             try:
                 return self._clean(self._call(prompts, completions, kwargs), n)
-            except Exception as exc:  # noqa: BLE001 - find the guilty samples below
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - find the guilty samples below
                 logger.debug("reward %r failed on the batch (%s); retrying sample by sample", self.__name__, exc)
         return [self._one(prompts, completions, kwargs, i, n) for i in range(n)]
 
@@ -120,7 +120,7 @@ class RobustReward:
         args = ([prompts[i]], [completions[i]], sub)
         try:
             return self._clean(self._call(*args) if self.timeout is None else self._call_timed(*args), 1)[0]
-        except Exception as exc:  # noqa: BLE001 - the whole point: never raise
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the whole point: never raise (Ctrl-C still does)
             return self._fail(exc)
 
     def _fail(self, exc: BaseException | str) -> float:

@@ -179,10 +179,12 @@ def run_python_tests(code: str, tests: Any, limits: SandboxLimits = SandboxLimit
             proc.stdin.close()
         except (BrokenPipeError, OSError):
             pass
-        # the child's supervisor enforces the timeout itself; this deadline is the backstop
-        data, timed_out = _collect(read_fd, proc, start + limits.timeout_s + _GRACE_S, nonce)
+        # as root, a supervisor in the child enforces the timeout (and reaps); this deadline is the backstop
+        grace = _GRACE_S if as_root else 0.0
+        data, timed_out = _collect(read_fd, proc, start + limits.timeout_s + grace, nonce)
         timed_out = timed_out or time.monotonic() - start >= limits.timeout_s
-        _wait_briefly(proc, start + limits.timeout_s + 2 * _GRACE_S)
+        if as_root:
+            _wait_briefly(proc, start + limits.timeout_s + 2 * grace)
     finally:
         if write_fd >= 0:
             os.close(write_fd)
