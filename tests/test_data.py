@@ -98,6 +98,8 @@ def test_saved_dataset_dict_uses_its_test_split_as_eval(tmp_path):
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(DatasetError, match=r"nope\.jsonl: no such file or directory .*from_hub=True"):
         load_dataset(tmp_path / "nope.jsonl")
+    with pytest.raises(DatasetError, match=r"split='test' only applies to saved DatasetDicts"):
+        load_dataset(FIXTURES / "good.jsonl", split="test")
     (tmp_path / "d.txt").write_text("hello")
     with pytest.raises(DatasetError, match=r"d\.txt: unknown format '\.txt'; use \.jsonl"):
         load_dataset(tmp_path / "d.txt")

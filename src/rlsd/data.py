@@ -236,6 +236,8 @@ def _read_source(source: str | Path, split: str | None, from_hub: bool) -> tuple
         return _table(loaded.to_list(), label), None
     if not path.exists():
         raise _fail(label, "no such file or directory (for a Hugging Face Hub dataset pass from_hub=True / --from-hub)")
+    if split not in (None, "train"):
+        raise _fail(label, f"split={split!r} only applies to saved DatasetDicts and hub datasets, not to one file")
     return _read_file(path, label), None
 
 
