@@ -219,3 +219,24 @@ def test_ema_teacher_state_is_checkpointed_and_restored(tiny_model_dir, tmp_path
         assert torch.equal(a, b), name
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 2
     assert AutoModelForCausalLM.from_pretrained(checkpoint) is not None
+
+
+def test_a_reward_failing_on_one_sample_does_not_stop_training(tiny_model_dir, tmp_path):
+    from rlsd.rewards import robust
+
+    calls = {"n": 0}
+
+    def flaky(prompts, completions, **kwargs):
+        # Fails on the whole batch, so the wrapper rescores per sample; then fails on one sample in each batch.
+        calls["n"] += 1
+        if len(completions) > 1 or calls["n"] % 5 == 2:
+            raise ZeroDivisionError("boom")
+        return digit_reward(prompts, completions)
+
+    args = tiny_config(tmp_path, algorithm="rlsd", max_steps=2)
+    trainer = RLSDTrainer(model=tiny_model_dir, reward_funcs=robust(flaky, name="flaky"), args=args,
+                          train_dataset=make_dataset())
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2
+    assert [e["rewards/errors"] for e in logs] == [1.0, 1.0], "one failed sample per step, counted, not fatal"

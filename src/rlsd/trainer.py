@@ -25,6 +25,7 @@ from trl.trainer.utils import pad
 
 from . import credit, teacher
 from .config import RLSDConfig
+from .rewards import pop_reward_errors
 from .teacher_weights import TEACHER_STATE_FILE, TeacherUpdateCallback, TeacherWeights
 
 
@@ -212,6 +213,9 @@ class RLSDTrainer(GRPOTrainer):
         rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["accuracy"].append((rewards > self.args.accuracy_threshold).float().mean().item())
+        # Rewards built by rlsd.rewards score a failing sample 0 instead of raising; count those failures.
+        errors = torch.tensor(float(pop_reward_errors()), device=self.accelerator.device)
+        self._metrics[mode]["rewards/errors"].append(self.accelerator.reduce(errors, "sum").item())
         return rewards_per_func
 
     def _log_leakage(self, inputs, output) -> None:
