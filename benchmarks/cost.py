@@ -1,8 +1,8 @@
 """What RLSD costs: step time and peak memory of rlsd vs grpo, vs opd (external 2x/4x teacher), vs plain TRL.
 
-    python benchmarks/cost.py                       # full run (several minutes on 2 CPU cores)
-    python benchmarks/cost.py --quick               # <= ~2 minutes
-    python benchmarks/cost.py --quick --steps 2     # smoke
+    python benchmarks/cost.py --out benchmarks/results/cost.json   # full: ~7 minutes on 2 CPU cores
+    python benchmarks/cost.py --quick     # ~1 minute: smaller model, one round
+    python benchmarks/cost.py --smoke     # the script works; the numbers mean nothing
 
 Every configuration trains the same student on the same prompts with the same seed, in its OWN subprocess
 (`--worker CONFIG_JSON`), so that one run's memory high-water mark cannot pollute another's. Configurations
@@ -12,7 +12,11 @@ over rounds, so slow drift of the machine cancels.
 Step time: wall time between consecutive optimizer-step ends (generation, rewards, teacher pass, loss,
 backward, optimizer, logging: everything), median over the steps after `--warmup` discarded ones.
 Completion length is pinned to `max_completion_length` (`min_new_tokens`), so every configuration
-processes the same number of tokens whatever its weights do.
+processes the same number of tokens whatever its weights do. Everything else is TRL's default
+(on-policy: no old-logp pass, beta = 0: no reference model, gradient checkpointing on) in every config.
+CPU workers use one torch thread by default (`--threads`): on a shared 2-core box two OpenMP threads
+stall whenever another process holds a core (identical steps varied 10x), and process CPU time per step
+is reported beside wall time as a load-robust cross-check.
 
 Peak memory:
 - CPU: the process's resident-set high-water mark (VmHWM) is reset after warm-up (`/proc/self/clear_refs`,
@@ -47,7 +51,7 @@ from typing import Any
 
 CONFIGS = ("grpo", "rlsd", "opd2x", "opd4x", "trl")
 PRESETS = {  # student size, batch and lengths; teachers are sized from the student (2x / 4x parameters)
-    "full": dict(hidden=256, layers=4, heads=4, batch=8, generations=4, completion=96, warmup=2, steps=5, rounds=3),
+    "full": dict(hidden=256, layers=4, heads=4, batch=8, generations=4, completion=96, warmup=2, steps=5, rounds=5),
     "quick": dict(hidden=128, layers=4, heads=4, batch=8, generations=4, completion=48, warmup=1, steps=3, rounds=1),
     "smoke": dict(hidden=32, layers=2, heads=2, batch=4, generations=2, completion=8, warmup=1, steps=1, rounds=1),
 }
@@ -109,48 +113,48 @@ def digit_reward(prompts, completions, **kwargs):
 
 
 # ---- worker (one configuration, fresh process) --------------------------------------------------------------
-def _proc_status_kb(field: str) -> int | None:
+def _rss_mb(field: str) -> float:
+    """VmRSS (current) or VmHWM (high-water mark) in MB; ru_maxrss where there is no /proc."""
     try:
-        match = re.search(rf"^{field}:\s+(\d+)", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
+        return int(re.search(rf"^{field}:\s+(\d+)", Path("/proc/self/status").read_text(), re.M).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _reset_peak_rss() -> bool:
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
         return True
     except OSError:
         return False
 
 
-def _current_rss_mb() -> float:
-    rss = _proc_status_kb("VmRSS")
-    return rss / 1024 if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _peak_rss_mb() -> float:
-    hwm = _proc_status_kb("VmHWM")
-    return hwm / 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class PhaseTimer:
-    """Accumulates wall time per named phase for the current optimizer step."""
+    """Accumulates wall and CPU time per named phase for the current optimizer step."""
 
     def __init__(self):
-        self.current: dict[str, float] = {}
+        self.current: dict[str, float] = {}  # wall seconds; "cpu:<phase>" holds process CPU seconds
         self.steps: list[dict[str, float]] = []
+        self.active: list[str] = []  # phases now running, outermost first
+
+    def _add(self, phase: str, wall_start: float, cpu_start: float) -> None:
+        self.active.remove(phase)
+        # The teacher forward also counts against the phase it ran in (teacher_forward@loss_total for opd).
+        names = [phase] + ([f"{phase}@{outer}" for outer in self.active] if phase == "teacher_forward" else [])
+        for name in names:
+            self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - wall_start
+            self.current[f"cpu:{name}"] = self.current.get(f"cpu:{name}", 0.0) + time.process_time() - cpu_start
 
     def wrap(self, obj: Any, method: str, phase: str) -> None:
         original = getattr(obj, method)
 
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
+            self.active.append(phase)
             try:
                 return original(*args, **kwargs)
             finally:
-                self.current[phase] = self.current.get(phase, 0.0) + time.perf_counter() - start
+                self._add(phase, start, cpu)
 
         setattr(obj, method, timed)
 
@@ -159,12 +163,13 @@ class PhaseTimer:
 
         @contextlib.contextmanager
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
+            self.active.append(phase)
             try:
                 with original(*args, **kwargs) as value:
                     yield value
             finally:
-                self.current[phase] = self.current.get(phase, 0.0) + time.perf_counter() - start
+                self._add(phase, start, cpu)
 
         setattr(obj, method, timed)
 
@@ -212,9 +217,9 @@ def run_worker(cfg: dict) -> dict:
     torch.manual_seed(0)
     cuda = torch.cuda.is_available()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    rss_imports = _current_rss_mb()
+    rss_imports = _rss_mb("VmRSS")
     trainer = _build_trainer(cfg)
-    rss_setup = _current_rss_mb()
+    rss_setup = _rss_mb("VmRSS")
 
     timer = PhaseTimer()
     prompt_lengths: dict[str, list[float]] = {"student_prompt_tokens": [], "teacher_prompt_tokens": []}
@@ -228,6 +233,15 @@ def run_worker(cfg: dict) -> dict:
             return ids, mask
 
         trainer._teacher_prompt_tensors = teacher_prompt_tensors
+    zero_advantage: list[float] = []  # rows whose teacher log-probs cannot change the RLSD loss (A = 0)
+    generate_and_score = trainer._generate_and_score_completions
+
+    def generate_and_score_completions(inputs):
+        output = generate_and_score(inputs)
+        zero_advantage.append((output["advantages"] == 0).float().mean().item())
+        return output
+
+    trainer._generate_and_score_completions = generate_and_score_completions
     for method, phase in (("_generate", "generate"), ("_calculate_rewards", "rewards"),
                           ("_generate_and_score_completions", "rollout_total"), ("compute_loss", "loss_total"),
                           ("_teacher_prompt_tensors", "teacher_prompts"), ("_log_leakage", "leakage")):
@@ -262,7 +276,7 @@ def run_worker(cfg: dict) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2**20
         method = "cuda.max_memory_allocated"
     else:
-        peak = _peak_rss_mb() - rss_imports
+        peak = _rss_mb("VmHWM") - rss_imports
         method = "VmHWM_after_warmup - RSS_after_imports" if marks["hwm_reset"] else "ru_maxrss - RSS_after_imports"
     step_times = [b - a for a, b in zip(marks["ends"], marks["ends"][1:])]
     measured = step_times[cfg["warmup"]:]
@@ -274,12 +288,14 @@ def run_worker(cfg: dict) -> dict:
     return {
         "name": cfg["name"], "round": cfg.get("round", 0), "step_times": step_times, "warmup": cfg["warmup"],
         "median_step_time": statistics.median(measured), "mean_step_time": statistics.fmean(measured),
-        "median_step_cpu_time": statistics.median(cpu_times),
+        "median_step_cpu_time": statistics.median(cpu_times), "mean_step_cpu_time": statistics.fmean(cpu_times),
         "loadavg_1min": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
         "phases_mean": {k: statistics.fmean(p.get(k, 0.0) for p in phases)
                         for k in sorted({k for p in phases for k in p})},
         "trainer_teacher_time_frac": statistics.median(teacher_frac) if teacher_frac else None,
         "completion_mean_length": statistics.fmean(lengths) if lengths else None,
+        "zero_advantage_frac": statistics.fmean(zero_advantage),
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
         "peak_mb": peak, "memory_method": method, "rss_after_imports_mb": rss_imports,
         **{k: statistics.fmean(v) for k, v in prompt_lengths.items() if v},
         "setup_mb": rss_setup - rss_imports, "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(),
@@ -318,9 +334,10 @@ def aggregate(results: list[dict], rounds: int) -> dict:
             "setup_mb": statistics.median(r["setup_mb"] for r in runs),
             "trainer_teacher_time_frac": statistics.median(fracs) if fracs else None,
             "phases_mean": phases,
-            **{k: statistics.median(r[k] for r in runs) for k in ("student_prompt_tokens", "teacher_prompt_tokens")
-               if all(k in r for r in runs)},
+            **{k: statistics.median(r[k] for r in runs) if all(k in r for r in runs) else None
+               for k in ("student_prompt_tokens", "teacher_prompt_tokens", "zero_advantage_frac")},
             "mean_step_time": statistics.median(r["mean_step_time"] for r in runs),
+            "mean_step_cpu_time": statistics.median(r["mean_step_cpu_time"] for r in runs),
         }
     pairs = {"rlsd_vs_grpo": ("rlsd", "grpo"), "rlsd_vs_opd2x": ("rlsd", "opd2x"), "rlsd_vs_opd4x": ("rlsd", "opd4x"),
              "rlsd_vs_trl": ("rlsd", "trl"), "grpo_vs_trl": ("grpo", "trl")}
@@ -340,8 +357,28 @@ def aggregate(results: list[dict], rounds: int) -> dict:
             spread[f"{key}/{metric}"] = per_round
     for name, c in per_config.items():  # phase shares of the mean step (the teacher forward, wherever it runs)
         c["teacher_forward_frac"] = c["phases_mean"].get("teacher_forward", 0.0) / c["mean_step_time"]
+        c["profile_cpu"] = phase_profile(c, cpu=True)
     ratios["rlsd/teacher_time_frac"] = per_config.get("rlsd", {}).get("trainer_teacher_time_frac")
     return {"per_config": per_config, "ratios": ratios, "ratios_per_round": spread}
+
+
+PROFILE_BUCKETS = ("generation", "rewards", "teacher_prompts+leakage", "teacher_forward", "rollout_other",
+                   "loss_forward", "backward+optimizer+other")
+
+
+def phase_profile(c: dict, cpu: bool = True) -> dict[str, float]:
+    """Mean seconds per step in disjoint buckets that add up to the step (CPU seconds by default)."""
+    p = {k: c["phases_mean"].get(f"cpu:{k}" if cpu else k, 0.0) for k in (
+        "generate", "rewards", "teacher_prompts", "leakage", "teacher_forward", "teacher_forward@loss_total",
+        "rollout_total", "loss_total")}
+    in_loss = p["teacher_forward@loss_total"]  # opd/opsd full-vocabulary: the teacher runs inside the loss
+    return {"generation": p["generate"], "rewards": p["rewards"],
+            "teacher_prompts+leakage": p["teacher_prompts"] + p["leakage"], "teacher_forward": p["teacher_forward"],
+            "rollout_other": p["rollout_total"] - p["generate"] - p["rewards"] - p["teacher_prompts"] - p["leakage"]
+            - (p["teacher_forward"] - in_loss),
+            "loss_forward": p["loss_total"] - in_loss,
+            "backward+optimizer+other": (c["mean_step_cpu_time"] if cpu else c["mean_step_time"])
+            - p["rollout_total"] - p["loss_total"]}
 
 
 def format_report(summary: dict) -> str:
@@ -368,14 +405,25 @@ def format_report(summary: dict) -> str:
                   f"{'fwd%':>6}  phases (mean s/step)"]
     for name, c in summary["per_config"].items():
         frac = c["trainer_teacher_time_frac"]
-        phases = ", ".join(f"{k} {v:.3f}" for k, v in c["phases_mean"].items() if v >= 0.0005)
+        phases = ", ".join(f"{k} {v:.3f}" for k, v in c["phases_mean"].items()
+                           if v >= 0.0005 and not k.startswith("cpu:") and "@" not in k)
         lines.append(f"{name:<8}{c['median_step_time']:>8.3f}{c['median_step_cpu_time']:>8.3f}{c['peak_mb']:>9.1f}"
                      f"{c['setup_mb']:>9.1f}{'' if frac is None else f'{frac:.1%}':>9}"
                      f"{c['teacher_forward_frac']:>6.0%}  {phases}")
+    configs = [n for n in ("grpo", "rlsd", "opd2x") if n in summary["per_config"]]
+    lines += ["", "where the time goes (mean CPU seconds per step; the buckets add up to the step):",
+              f"{'phase':<26}" + "".join(f"{n:>9}" for n in configs)
+              + (f"{'rlsd-grpo':>11}" if {"rlsd", "grpo"} <= set(configs) else "")]
+    for bucket in PROFILE_BUCKETS + ("step",):
+        vals = {n: (summary["per_config"][n]["mean_step_cpu_time"] if bucket == "step"
+                    else summary["per_config"][n]["profile_cpu"][bucket]) for n in configs}
+        diff = f"{vals['rlsd'] - vals['grpo']:>+11.3f}" if {"rlsd", "grpo"} <= set(configs) else ""
+        lines.append(f"{bucket:<26}" + "".join(f"{vals[n]:>9.3f}" for n in configs) + diff)
     rlsd = summary["per_config"].get("rlsd", {})
-    if "teacher_prompt_tokens" in rlsd:
+    if rlsd.get("teacher_prompt_tokens") is not None:
         lines.append(f"\nrlsd prompt tokens: student {rlsd['student_prompt_tokens']:.0f}, teacher "
-                     f"{rlsd['teacher_prompt_tokens']:.0f} (+ {meta['preset']['completion']} completion tokens each)")
+                     f"{rlsd['teacher_prompt_tokens']:.0f} (+ {meta['preset']['completion']} completion tokens each); "
+                     f"rows with zero advantage (teacher pass wasted on them): {rlsd['zero_advantage_frac']:.0%}")
     lines.append("teacher% = teacher/time_frac logged by RLSDTrainer (rollout-side teacher work only); fwd% = time "
                  "inside teacher.activate() / mean step, wherever the teacher forward runs (opd: in the loss)")
     return "\n".join(lines)
