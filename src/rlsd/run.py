@@ -2,7 +2,7 @@
 
 The run directory holds everything a user needs afterwards:
 `config.yaml` (the resolved run), `run_config.json` (every trainer field),
-`metrics.jsonl`, TensorBoard events under `tb/`, `samples.jsonl` (sampled
+`metrics.jsonl`, TensorBoard events under `runs/`, `samples.jsonl` (sampled
 completions with rewards), HF checkpoints `checkpoint-N/` (with the EMA or
 snapshot teacher), and the final model + tokenizer + model card.
 """
@@ -112,7 +112,6 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
     out = check_output_dir(output_dir or training.get("output_dir") or "runs/rlsd")
     training["output_dir"] = str(out)
     training.setdefault("logging_steps", 1)
-    training.setdefault("logging_dir", str(out / "tb"))
     training.setdefault("report_to", ["tensorboard"])
     args = RLSDConfig(**training)
     model = check_model_path(run.get("model"))
@@ -138,7 +137,8 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
     if eval_rows and int(run.get("eval_every") or 0) > 0:
         trainer.add_callback(HeldOutEvalCallback(
             eval_rows, eval_reward, every_n_steps=int(run["eval_every"]), tokenizer=trainer.processing_class,
-            max_new_tokens=int(run.get("eval_max_new_tokens") or args.max_completion_length)))
+            trainer=trainer, max_new_tokens=int(run.get("eval_max_new_tokens") or args.max_completion_length),
+            samples_path=out / "samples.jsonl"))
     if int(run.get("samples_every") or 0) > 0:
         trainer.add_callback(SamplesCallback(trainer, out / "samples.jsonl", int(run["samples_every"])))
     _write_run_files(out, run, args)
@@ -189,9 +189,10 @@ class SamplesCallback(TrainerCallback):
         rewards = {name: list(values) for name, values in recorded["rewards"].items()}
         with self.path.open("a", encoding="utf-8") as handle:
             for i in range(min(len(completions), self.max_samples)):
+                per_func = {name: values[i] for name, values in rewards.items() if i < len(values)}
                 handle.write(json.dumps({
-                    "step": state.global_step, "prompt": prompts[i], "completion": completions[i],
-                    "rewards": {name: values[i] for name, values in rewards.items() if i < len(values)},
+                    "step": state.global_step, "source": "train", "prompt": prompts[i], "completion": completions[i],
+                    "reward": sum(v for v in per_func.values() if v == v), "rewards": per_func,
                 }, default=str) + "\n")
 
 
