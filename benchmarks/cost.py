@@ -426,6 +426,8 @@ def format_report(summary: dict) -> str:
                      f"rows with zero advantage (teacher pass wasted on them): {rlsd['zero_advantage_frac']:.0%}")
     lines.append("teacher% = teacher/time_frac logged by RLSDTrainer (rollout-side teacher work only); fwd% = time "
                  "inside teacher.activate() / mean step, wherever the teacher forward runs (opd: in the loss)")
+    lines.append("setup MB = RSS growth while building the trainer; safetensors are memory-mapped, so an OPD teacher's "
+                 "weights become resident on first use (they are inside peak MB, not setup MB)")
     return "\n".join(lines)
 
 
