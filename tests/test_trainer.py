@@ -240,3 +240,28 @@ def test_a_reward_failing_on_one_sample_does_not_stop_training(tiny_model_dir, t
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert len(logs) == 2
     assert [e["rewards/errors"] for e in logs] == [1.0, 1.0], "one failed sample per step, counted, not fatal"
+
+
+def test_teacher_pass_skips_rows_without_signal_and_matches_a_full_pass_elsewhere(tiny_model_dir, tmp_path):
+    def reward(prompts, completions, **kwargs):  # the first prompt's group is all-correct: no signal
+        text = [p[-1]["content"] for p in prompts]
+        return [1.0 if "0+1" in t else s for t, s in zip(text, digit_reward(prompts, completions))]
+
+    dataset = make_dataset()
+    args = tiny_config(tmp_path, algorithm="rlsd", per_device_train_batch_size=8)
+    trainer = RLSDTrainer(model=tiny_model_dir, reward_funcs=reward, args=args, train_dataset=dataset)
+    trainer.model.train()
+    rows = generation_batch(trainer, dataset)
+    torch.manual_seed(0)
+    batch = trainer._generate_and_score_completions(rows)
+    zero = batch["advantages"] == 0
+    assert zero[:4].all() and not zero[4:].any()
+    assert torch.equal(batch["teacher_per_token_logps"][zero], torch.zeros_like(batch["teacher_per_token_logps"][zero]))
+
+    teacher_ids, teacher_mask = trainer._teacher_prompt_tensors(rows, batch)
+    with torch.no_grad(), trainer.teacher.activate() as module:
+        full, _, _ = trainer._get_per_token_logps_and_entropies(
+            module, torch.cat([teacher_ids, batch["completion_ids"]], 1),
+            torch.cat([teacher_mask, batch["completion_mask"]], 1), batch["completion_ids"].size(1))
+    mask = batch["completion_mask"][~zero].bool()
+    torch.testing.assert_close(batch["teacher_per_token_logps"][~zero][mask], full[~zero][mask], rtol=1e-5, atol=1e-5)

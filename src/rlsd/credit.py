@@ -77,9 +77,10 @@ def rlsd_token_advantages(
     Returns:
         token_advantages: (B, T), zero where `mask` is 0. `sign(A_t) == sign(A)`
             and `|A_t|/|A|` lies in `[1 - lam*eps_w, 1 + lam*eps_w]`.
-        stats: 0-dim tensors. `delta_mean`/`delta_std` over valid tokens;
-            `weight_mean`, `clip_low_frac`, `clip_high_frac` over valid tokens
-            with A != 0 (where the weight acts); `adv_abs_before`/`adv_abs_after`
+        stats: 0-dim tensors. `delta_mean`, `delta_std`, `weight_mean`,
+            `clip_low_frac`, `clip_high_frac` over valid tokens with A != 0 (where
+            the teacher acts; callers may skip the teacher pass elsewhere);
+            `adv_abs_before`/`adv_abs_after`
             mean |A| and |A_t| over valid tokens; `sign_flips` count of valid
             tokens whose sign changed (must be 0); `num_tokens`.
     """
@@ -106,8 +107,8 @@ def rlsd_token_advantages(
 
     with torch.no_grad():
         acting = valid & (seq_adv != 0)
-        delta_mean = _masked_mean(delta, valid)
-        delta_var = _masked_mean((delta - delta_mean) ** 2, valid)
+        delta_mean = _masked_mean(delta, acting)
+        delta_var = _masked_mean((delta - delta_mean) ** 2, acting)
         stats = {
             "delta_mean": delta_mean,
             "delta_std": delta_var.sqrt(),

@@ -106,16 +106,29 @@ class RLSDTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def _teacher_logps(self, teacher_prompt_ids, teacher_prompt_mask, output) -> torch.Tensor:
-        """q_t: log-probs of the student's completion tokens under the teacher context, (B, T)."""
+        """q_t: log-probs of the student's completion tokens under the teacher context, (B, T).
+
+        For RLSD, rows whose sequence advantage is 0 are skipped (left at 0): their token advantage is
+        A * weight = 0 whatever the teacher says. With a 0/1 reward, all-right and all-wrong groups are common.
+        Sharded engines (ZeRO-3, FSDP) need the same forward calls on every rank, so they score every row.
+        """
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        input_ids = torch.cat([teacher_prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([teacher_prompt_mask, completion_mask], dim=1)
+        rows = torch.arange(completion_ids.size(0), device=completion_ids.device)
+        if self.args.algorithm == "rlsd" and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            rows = output["advantages"].nonzero(as_tuple=True)[0]
+        logps = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)
         mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["teacher/rows_scored_frac"].append(rows.numel() / max(completion_ids.size(0), 1))
+        if rows.numel() == 0:
+            return logps
+        input_ids = torch.cat([teacher_prompt_ids[rows], completion_ids[rows]], dim=1)
+        attention_mask = torch.cat([teacher_prompt_mask[rows], completion_mask[rows]], dim=1)
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
                 self.teacher.activate() as teacher_module:
-            logps, _, _ = self._get_per_token_logps_and_entropies(
+            scored, _, _ = self._get_per_token_logps_and_entropies(
                 teacher_module, input_ids, attention_mask, completion_ids.size(1), batch_size=batch_size)
+        logps[rows] = scored.float()
         return logps
 
     # ---- loss ---------------------------------------------------------------------------------------------------
