@@ -172,3 +172,30 @@ def test_eval_command_writes_metrics(tiny_model_dir, tmp_path, capsys):
     assert {"accuracy", "pass@1", "pass@2", "maj@2"} <= result["metrics"].keys()
     assert len(result["records"]) == 4
     assert "pass@2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["quickstart-cpu.yaml", "gpu-lora-vllm.yaml", "multi-gpu-zero3.yaml"])
+def test_shipped_configs_use_only_known_keys(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    run = load_run_config(str(path))
+    assert run["model"] and run["training"]["algorithm"] == "rlsd"
+    first_lines = path.read_text().splitlines()[:3]
+    assert any(line.startswith("# Hardware:") for line in first_lines), "each config says what hardware it expects"
+
+
+def test_train_on_a_users_file_reports_bad_rows_then_skips_them(tiny_model_dir, tmp_path, capsys):
+    rows = [{"question": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(8)]
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(3, json.dumps({"question": "", "answer": "1"}))
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, max_steps=1)
+    common = ["train", "--config", str(config), "--output-dir", str(tmp_path / "o"), "--set", "task=null",
+              "--set", f"data.train={data}", "--set", "eval_every=0"]
+    assert main(common) == 2
+    err = capsys.readouterr().err
+    assert "1 of 9 rows are invalid" in err and f"{data}:4: field 'question': empty" in err
+    assert "Traceback" not in err
+    assert main([*common, "--skip-bad-rows"]) == 0

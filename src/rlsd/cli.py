@@ -21,6 +21,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="run directory (overrides training.output_dir)")
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (see lora.* keys for options)")
     parser.add_argument("--lora-r", type=int, help="LoRA rank (implies --lora)")
+    parser.add_argument("--skip-bad-rows", action="store_true", help="drop invalid dataset rows (with a summary)")
+    parser.add_argument("--from-hub", action="store_true", help="data.train names a Hugging Face Hub dataset")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +74,13 @@ def _run_from_args(args) -> dict:
         overrides.append(f"model={args.model}")
     if args.lora or args.lora_r:
         overrides.append(f"lora.r={args.lora_r or 16}")
-    return load_run_config(args.config, overrides)
+    run = load_run_config(args.config, overrides)
+    if args.skip_bad_rows or args.from_hub:
+        data = run.get("data") or {}
+        data = {"train": data} if isinstance(data, str) else dict(data)
+        data.update({k: True for k, flag in (("skip_bad_rows", args.skip_bad_rows), ("from_hub", args.from_hub)) if flag})
+        run["data"] = data
+    return run
 
 
 def cmd_train(args) -> int:
