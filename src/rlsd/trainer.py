@@ -3,7 +3,7 @@
 The RLSD step, end to end:
 1. TRL samples G completions per prompt and scores them (`super()._generate_and_score_completions`).
 2. One no-grad forward of the teacher over `[teacher_prompt(x, r) ; completion]` gives q_t
-   (`_teacher_pass`).
+   (`_teacher_logps`).
 3. In the loss, `credit.rlsd_token_advantages` turns the sequence advantage A and
    delta_t = q_t - s_old_t into (B, T) token advantages, and TRL's clipped surrogate
    takes them as they are (`_compute_loss`).
