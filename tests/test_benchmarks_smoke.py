@@ -29,3 +29,21 @@ def test_cost_benchmark_smoke(tmp_path):
     assert result["per_config"]["rlsd"]["phases_mean"]["teacher_forward"] > 0
     assert "teacher_forward" not in result["per_config"]["grpo"]["phases_mean"]
     assert "rlsd_vs_grpo/step_time" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_learning_benchmark_quick(tmp_path):
+    out = tmp_path / "learning"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=380,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curves = json.loads((out / "curves.json").read_text())
+    assert set(curves["arithmetic"]) == {"grpo", "rlsd"}
+    for seeds in curves["arithmetic"].values():
+        steps = [step for step, _ in seeds[0]]
+        assert steps[0] == 0 and steps[-1] == 4, "held-out accuracy before RL and after the last step"
+    assert (out / "learning.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| rlsd | 1 |" in (out / "table.md").read_text()
