@@ -43,7 +43,7 @@ def grpo_trainer(tmp_path, callbacks, max_steps=3):
     config = GRPOConfig(
         output_dir=str(tmp_path / "out"), max_steps=max_steps, per_device_train_batch_size=4, num_generations=2,
         max_completion_length=8, logging_steps=1, save_strategy="no", report_to="none", bf16=False,
-        use_cpu=True, disable_tqdm=True, learning_rate=1e-3, gradient_checkpointing=False,
+        use_cpu=True, disable_tqdm=True, learning_rate=1e-3, activation_checkpointing=False,
     )
     train = Dataset.from_list(task.make_rows(8, seed=0, split="train"))
     return GRPOTrainer(

@@ -1,0 +1,253 @@
+"""Warm start: a tiny model that already solves some of a task, so RL has something to improve.
+
+RL from a random initialisation never sees a reward. `warm_start` trains the
+tiny char-level Llama on the task's worked solutions with TRL's `SFTTrainer`
+and stops as soon as held-out greedy accuracy enters a target band (20-50% by
+default): good enough for rollouts to earn rewards, far enough from 100% that
+RLSD/GRPO have visible headroom. The result is an ordinary HF directory; a
+rerun with the same settings reuses it instead of training again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tqdm.auto import tqdm
+
+from .base import Task
+from .tiny import build_char_tokenizer, build_tiny_model
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE = "warmstart.json"
+FORMAT_VERSION = 1  # bump when a change to training makes old checkpoints stale
+
+
+@dataclass
+class WarmStartResult:
+    """What a warm start produced: where, how good, how long, and whether it was reused."""
+
+    output_dir: str
+    task: str
+    accuracy: float  # held-out greedy accuracy of the saved model
+    in_band: bool
+    steps: int
+    seconds: float
+    reused: bool = False
+    num_parameters: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def warm_start(
+    task: str | Task,
+    output_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    difficulty: int | None = None,
+    max_steps: int = 2000,
+    time_budget_s: float = 150.0,
+    target_accuracy: tuple[float, float] = (0.2, 0.5),
+    eval_every: int = 100,
+    num_train_rows: int = 3000,
+    num_eval_rows: int = 100,
+    hidden_size: int = 128,
+    num_layers: int = 3,
+    num_heads: int = 8,
+    learning_rate: float = 2e-3,
+    batch_size: int = 64,
+    warmup_steps: int = 20,
+    max_new_tokens: int = 96,
+    num_threads: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> WarmStartResult:
+    """SFT a tiny model on `task`'s solutions until held-out accuracy reaches `target_accuracy`.
+
+    Evaluates greedy accuracy on `num_eval_rows` held-out problems every
+    `eval_every` steps (every `eval_every // 4` once accuracy is within half
+    of the band's floor, to avoid overshooting) and stops when it is at least
+    the band's floor, at `max_steps`, or after `time_budget_s` seconds of
+    training. Saves model + tokenizer + `warmstart.json` to `output_dir`;
+    with the same settings a finished directory is reused unless `force`.
+    `num_threads` caps torch's CPU threads for the run (on a busy machine one
+    thread beats two spinning ones); None keeps torch's setting.
+    """
+    from .. import tasks as registry
+
+    task = registry.get_task(task)
+    difficulty = task.default_difficulty if difficulty is None else difficulty
+    low, high = target_accuracy
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"target_accuracy must satisfy 0 <= low <= high <= 1, got {target_accuracy}")
+    output_dir = Path(output_dir)
+    settings = dict(
+        version=FORMAT_VERSION, task=task.name, seed=seed, difficulty=difficulty, max_steps=max_steps,
+        time_budget_s=time_budget_s, target_accuracy=[low, high], eval_every=eval_every,
+        num_train_rows=num_train_rows, num_eval_rows=num_eval_rows, hidden_size=hidden_size,
+        num_layers=num_layers, num_heads=num_heads, learning_rate=learning_rate, batch_size=batch_size,
+        warmup_steps=warmup_steps, max_new_tokens=max_new_tokens,
+    )
+    if not force and (previous := load_result(output_dir)) is not None and previous.settings == settings:
+        logger.info("warm start: reusing %s (accuracy %.2f)", output_dir, previous.accuracy)
+        previous.reused = True
+        return previous
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RESULT_FILE).unlink(missing_ok=True)  # never leave a stale "finished" marker beside new weights
+    started = time.perf_counter()
+    with _torch_threads(num_threads):
+        result = _train(task, output_dir, settings, progress=progress)
+    result.seconds = round(time.perf_counter() - started, 1)
+    _write_json(output_dir / RESULT_FILE, asdict(result))
+    return result
+
+
+def load_result(output_dir: str | os.PathLike) -> WarmStartResult | None:
+    """The finished warm start saved in `output_dir`, or None if there is none (or it is incomplete)."""
+    path = Path(output_dir) / RESULT_FILE
+    if not path.is_file() or not (Path(output_dir) / "config.json").is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return WarmStartResult(**{k: v for k, v in data.items() if k in WarmStartResult.__dataclass_fields__})
+    except (ValueError, TypeError):
+        return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write atomically so an interrupted run never leaves a half-written marker."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -> WarmStartResult:
+    import transformers
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from ..evaluate import evaluate, render_prompt
+
+    transformers.set_seed(s["seed"])
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(
+        tokenizer, hidden_size=s["hidden_size"], num_layers=s["num_layers"], num_heads=s["num_heads"],
+        seed=s["seed"],
+    )
+    train_rows = task.make_rows(s["num_train_rows"], s["seed"], s["difficulty"], "train")
+    eval_rows = task.make_rows(s["num_eval_rows"], s["seed"], s["difficulty"], "test")
+    dataset = Dataset.from_list(
+        [{"prompt": render_prompt(r["prompt"], tokenizer), "completion": r["solution"] + tokenizer.eos_token}
+         for r in train_rows]
+    )
+    low, high = s["target_accuracy"]
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=s["max_steps"], desc=f"warm start {task.name}", unit="step", disable=not progress)
+    clock = {"start": time.perf_counter()}
+
+    def measure(step: int) -> float:
+        metrics = evaluate(
+            model, tokenizer, eval_rows, task.reward, max_new_tokens=s["max_new_tokens"],
+            batch_size=len(eval_rows), progress=False,
+        )
+        elapsed = round(time.perf_counter() - clock["start"], 1)
+        history.append({"step": step, "accuracy": metrics["accuracy"], "elapsed_s": elapsed})
+        bar.set_postfix(acc=f"{metrics['accuracy']:.2f}", target=f"{low:.2f}-{high:.2f}")
+        return metrics["accuracy"]
+
+    class BandStop(transformers.TrainerCallback):
+        """Evaluate on a schedule; stop in the band, at the budget, or past it."""
+
+        next_eval = s["eval_every"]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            bar.update(state.global_step - bar.n)
+            out_of_time = time.perf_counter() - clock["start"] > s["time_budget_s"]
+            if state.global_step < self.next_eval and not out_of_time:
+                return control
+            accuracy = measure(state.global_step)
+            near = accuracy >= low / 2
+            self.next_eval = state.global_step + max(1, s["eval_every"] // (4 if near else 1))
+            if accuracy >= low or out_of_time:
+                control.should_training_stop = True
+            return control
+
+    with tempfile.TemporaryDirectory(prefix="rlsd-warmstart-") as scratch, _quiet_libraries():
+        config = SFTConfig(
+            output_dir=scratch, max_steps=s["max_steps"], per_device_train_batch_size=s["batch_size"],
+            learning_rate=s["learning_rate"], lr_scheduler_type="constant_with_warmup",
+            warmup_steps=s["warmup_steps"], weight_decay=0.0, seed=s["seed"], data_seed=s["seed"],
+            bf16=False, fp16=False, activation_checkpointing=False, save_strategy="no", report_to="none",
+            logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, max_length=256,
+            dataset_num_proc=None, use_cpu=not _has_accelerator(),
+        )
+        trainer = SFTTrainer(
+            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[BandStop()]
+        )
+        trainer.remove_callback(transformers.PrinterCallback)  # our bar reports progress; no raw log dicts
+        clock["start"] = time.perf_counter()
+        trainer.train()
+        if not history or history[-1]["step"] != trainer.state.global_step:
+            measure(trainer.state.global_step)
+        bar.close()
+        model.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+
+    accuracy = history[-1]["accuracy"]
+    in_band = low <= accuracy <= high
+    if not in_band:
+        logger.warning(
+            "warm start for %s ended at held-out accuracy %.2f, outside the target band %.2f-%.2f",
+            task.name, accuracy, low, high,
+        )
+    return WarmStartResult(
+        output_dir=str(output_dir), task=task.name, accuracy=accuracy, in_band=in_band,
+        steps=trainer.state.global_step, seconds=0.0, num_parameters=model.num_parameters(),
+        history=history, settings=s,
+    )
+
+
+@contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence the per-map and per-shard progress bars of datasets/transformers; ours is the one that matters."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets_bars, hf_bars = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_bars:
+            datasets.enable_progress_bars()
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
