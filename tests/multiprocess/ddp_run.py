@@ -43,8 +43,18 @@ def _full(param: torch.Tensor) -> torch.Tensor:
     return param.detach().float().cpu().clone()
 
 
+def _gathered(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Full copies; under DeepSpeed ZeRO-3 the partitions are gathered first (collective)."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params):
+            return [_full(p) for p in params]
+    return [_full(p) for p in params]
+
+
 def _params(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [_full(p) for p in module.parameters()]
+    return _gathered(list(module.parameters()))
 
 
 def _sha256(tensors: list[torch.Tensor]) -> str:
@@ -88,6 +98,25 @@ def deterministic_rollout(prompts: list[Any], trainer) -> dict[str, Any]:
     return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
 
+def _student_params(trainer) -> list[torch.Tensor]:
+    """The student tensors the teacher mirrors: every parameter, or under LoRA the trained adapter's."""
+    teacher = trainer.teacher
+    if teacher is not None and teacher.uses_adapter:
+        return _gathered([student for _, student in teacher._adapter_pairs])
+    return _params(trainer.accelerator.unwrap_model(trainer.model))
+
+
+def _teacher_params(trainer) -> list[torch.Tensor] | None:
+    teacher = trainer.teacher
+    if teacher is None:
+        return None
+    if teacher.uses_adapter:
+        return _gathered([t for t, _ in teacher._adapter_pairs])
+    if teacher.copy is not None:
+        return _params(trainer.accelerator.unwrap_model(teacher.copy))
+    return None
+
+
 class TeacherExpectation(TrainerCallback):
     """Recomputes the EMA/snapshot teacher from the student's weights after every optimizer step."""
 
@@ -97,7 +126,7 @@ class TeacherExpectation(TrainerCallback):
         self.expected: list[torch.Tensor] | None = None
 
     def _student(self) -> list[torch.Tensor]:
-        return _params(self.trainer.accelerator.unwrap_model(self.trainer.model))
+        return _student_params(self.trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.expected = self._student()  # the teacher copy starts as the initial weights
@@ -118,6 +147,7 @@ def run_config(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "rewards": [f"{HERE / 'rewards.py'}:digit_share"],
         "task_train_size": 64,
         "task_eval_size": 4,
+        **({"lora": {"r": 4, "lora_alpha": 8}} if args.lora else {}),
         "training": {
             "algorithm": "rlsd",
             "teacher_mode": mode,
@@ -133,7 +163,8 @@ def run_config(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             "report_to": [],
             "seed": 0,
             "disable_tqdm": True,
-            "use_cpu": True,
+            "use_cpu": not args.no_use_cpu,
+            **({"ddp_backend": args.ddp_backend} if args.ddp_backend else {}),
         },
     }
 
@@ -177,7 +208,8 @@ def train_one(args: argparse.Namespace, mode: str) -> None:
     trainer.train()
     seconds = time.perf_counter() - start
 
-    student = _params(trainer.accelerator.unwrap_model(trainer.model))
+    student = _student_params(trainer)
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     record: dict[str, Any] = {
         "rank": trainer.accelerator.process_index,
         "world_size": trainer.accelerator.num_processes,
@@ -186,9 +218,18 @@ def train_one(args: argparse.Namespace, mode: str) -> None:
         "seconds": seconds,
         "log_history": trainer.state.log_history,
         "student_sha256": _sha256(student),
+        "zero3_partitioned": any(hasattr(p, "ds_id") for p in unwrapped.parameters()),
+        "fsdp_dtensor": any(hasattr(p, "full_tensor") for p in unwrapped.parameters()),
+        "teacher_uses_adapter": bool(trainer.teacher is not None and trainer.teacher.uses_adapter),
     }
-    if trainer.teacher is not None and trainer.teacher.copy is not None:
-        teacher = _params(trainer.accelerator.unwrap_model(trainer.teacher.copy))
+    teacher = _teacher_params(trainer)
+    if teacher is not None:
+        # What a checkpoint would store (rlsd_teacher.pt): must hold every element, not a ZeRO-3 partition.
+        state = trainer.teacher.state_dict() or {}
+        record["teacher_state_tensors"] = len(state)
+        record["teacher_state_empty"] = sum(v.numel() == 0 for v in state.values())
+        if trainer.teacher.copy is not None:
+            record["teacher_zero3_partitioned"] = any(hasattr(p, "ds_id") for p in trainer.teacher.copy.parameters())
         record["teacher_sha256"] = _sha256(teacher)
         record["teacher_vs_expected_max_abs"] = max(
             (t - e).abs().max().item() for t, e in zip(teacher, expectation.expected, strict=True))
@@ -214,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--ema-rate", type=float, default=0.5)
     parser.add_argument("--snapshot-steps", type=int, default=3)
+    parser.add_argument("--no-use-cpu", action="store_true",
+                        help="leave use_cpu unset (DeepSpeed on CPU: use_cpu=true would force plain MULTI_CPU DDP)")
+    parser.add_argument("--ddp-backend", default=None, help="e.g. gloo: DeepSpeed on a machine without GPU")
+    parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (EMA/snapshot teacher = 2nd adapter)")
     parser.add_argument("--sample", action="store_true", help="sample with model.generate instead of fixed rollouts")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
