@@ -1,8 +1,10 @@
 """Helper for tests/test_multiprocess.py: one RLSD run per teacher mode, records per rank.
 
 Launched either as one plain process (`python ddp_run.py ...`) or under
-`accelerate launch --multi_gpu --num_processes 2 ddp_run.py ...` (add
-`--use_fsdp ...` for FSDP). The trainer is built by `rlsd.run.build_trainer`,
+`accelerate launch --multi_gpu --num_processes 2 ddp_run.py ...` (or with
+`--config_file` a DeepSpeed config; `--lora` trains an adapter). FSDP cannot be
+tried on CPU: accelerate falls back to MULTI_CPU DDP, which `distributed_type`
+in the records shows. The trainer is built by `rlsd.run.build_trainer`,
 exactly as `rlsd train` builds it, and then given a deterministic
 `rollout_func`: completion ids are a pure function of the prompt text and of the
 prompt's occurrence index in the *global* generation batch. That makes a
