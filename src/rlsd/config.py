@@ -153,6 +153,8 @@ RUN_KEYS = {
 def _parse_value(text: str):
     import yaml
 
+    if text.strip().lower() in ("no", "yes", "on", "off", "y", "n"):
+        return text.strip()  # YAML 1.1 would make these booleans: `save_strategy=no` means "no"
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -180,10 +182,14 @@ def _coerce(name: str, value, field_types: dict):
     """YAML reads `1e-5` as a string and users write `true` on the command line: convert to the field's type."""
     import typing
 
-    if not isinstance(value, str) or name not in field_types:
+    if name not in field_types:
         return value
     ftype = field_types[name]
     options = typing.get_args(ftype) or (ftype,)
+    if isinstance(value, bool) and bool not in options:
+        return "yes" if value else "no"  # a YAML file's `save_strategy: no` arrives as False
+    if not isinstance(value, str):
+        return value
     for option in (bool, int, float):
         if option in options:
             try:

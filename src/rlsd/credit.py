@@ -43,7 +43,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     return centred / (std + ADVANTAGE_EPS)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
@@ -82,7 +82,8 @@ def rlsd_token_advantages(
             the teacher acts; callers may skip the teacher pass elsewhere);
             `adv_abs_before`/`adv_abs_after`
             mean |A| and |A_t| over valid tokens; `sign_flips` count of valid
-            tokens whose sign changed (must be 0); `num_tokens`.
+            tokens whose sign changed (must be 0); `num_tokens` (valid) and
+            `num_acting_tokens` (valid with A != 0), to combine means across batches.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
@@ -107,18 +108,19 @@ def rlsd_token_advantages(
 
     with torch.no_grad():
         acting = valid & (seq_adv != 0)
-        delta_mean = _masked_mean(delta, acting)
-        delta_var = _masked_mean((delta - delta_mean) ** 2, acting)
+        delta_mean = masked_mean(delta, acting)
+        delta_var = masked_mean((delta - delta_mean) ** 2, acting)
         stats = {
             "delta_mean": delta_mean,
             "delta_std": delta_var.sqrt(),
-            "weight_mean": _masked_mean(weight, acting),
-            "clip_low_frac": _masked_mean((raw_weight < 1.0 - eps_w).float(), acting),
-            "clip_high_frac": _masked_mean((raw_weight > 1.0 + eps_w).float(), acting),
-            "adv_abs_before": _masked_mean(seq_adv.abs().expand_as(delta).float(), valid),
-            "adv_abs_after": _masked_mean(token_adv.abs().float(), valid),
+            "weight_mean": masked_mean(weight, acting),
+            "clip_low_frac": masked_mean((raw_weight < 1.0 - eps_w).float(), acting),
+            "clip_high_frac": masked_mean((raw_weight > 1.0 + eps_w).float(), acting),
+            "adv_abs_before": masked_mean(seq_adv.abs().expand_as(delta).float(), valid),
+            "adv_abs_after": masked_mean(token_adv.abs().float(), valid),
             "sign_flips": (valid & (torch.sign(token_adv) != torch.sign(seq_adv))).sum().float(),
             "num_tokens": valid.sum().float(),
+            "num_acting_tokens": acting.sum().float(),
         }
     return token_adv, stats
 

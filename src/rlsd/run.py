@@ -41,7 +41,7 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
     path = Path(output_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".rlsd-write-test"
+        probe = path / f".rlsd-write-test-{os.getpid()}"  # one per rank: ranks probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:

@@ -26,6 +26,19 @@ TEACHER_ADAPTER = "rlsd_teacher"
 TEACHER_STATE_FILE = "rlsd_teacher.pt"
 
 
+@contextlib.contextmanager
+def _gathered(params, modify: bool = False) -> Iterator[None]:
+    """Full parameters inside the block under DeepSpeed ZeRO-3 (a no-op otherwise); rank 0's edits are kept."""
+    params = list(params)
+    if not any(hasattr(p, "ds_id") for p in params):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
+        yield
+
+
 class TeacherWeights:
     """Owns the teacher's weights for one trainer and hands out the module to call."""
 
@@ -120,8 +133,9 @@ class TeacherWeights:
         else:
             return
         if self.uses_adapter:
-            for teacher_param, student_param in self._adapter_pairs:
-                teacher_param.mul_(1.0 - rate).add_(student_param.detach(), alpha=rate)
+            with _gathered([p for pair in self._adapter_pairs for p in pair], modify=True):
+                for teacher_param, student_param in self._adapter_pairs:
+                    teacher_param.mul_(1.0 - rate).add_(student_param.detach(), alpha=rate)
         else:
             student = self.trainer.accelerator.unwrap_model(self.trainer.model)
             SyncRefModelCallback.sync_target_model(student, self.trainer.accelerator.unwrap_model(self.copy), rate)
@@ -131,16 +145,25 @@ class TeacherWeights:
         if self.mode not in ("ema", "snapshot"):
             return None  # live/base/external teachers are recreated from the model or its source
         if self.uses_adapter:
-            return {str(i): t.detach().cpu().clone() for i, (t, _) in enumerate(self._adapter_pairs)}
-        return {k: v.detach().cpu() for k, v in self.trainer.accelerator.unwrap_model(self.copy).state_dict().items()}
+            params = [t for t, _ in self._adapter_pairs]
+            with _gathered(params):
+                return {str(i): t.detach().cpu().clone() for i, t in enumerate(params)}
+        copy = self.trainer.accelerator.unwrap_model(self.copy)
+        with _gathered(copy.parameters()):
+            return {name: p.detach().cpu().clone() for name, p in copy.named_parameters()}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if self.uses_adapter:
-            for i, (teacher_param, _) in enumerate(self._adapter_pairs):
-                teacher_param.copy_(state[str(i)])
-        else:
-            self.trainer.accelerator.unwrap_model(self.copy).load_state_dict(state)
+            params = [t for t, _ in self._adapter_pairs]
+            with _gathered(params, modify=True):
+                for i, teacher_param in enumerate(params):
+                    teacher_param.copy_(state[str(i)])
+            return
+        copy = self.trainer.accelerator.unwrap_model(self.copy)
+        with _gathered(copy.parameters(), modify=True):
+            for name, param in copy.named_parameters():
+                param.copy_(state[name])
 
 
 class TeacherUpdateCallback(TrainerCallback):

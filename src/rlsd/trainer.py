@@ -167,17 +167,12 @@ class RLSDTrainer(GRPOTrainer):
         teacher_logps = inputs["teacher_per_token_logps"]
         if self.args.algorithm in ("opsd", "opd"):
             token_adv = credit.sampled_token_advantages(teacher_logps, old_logps, mask)
-            self._log_mean("distill/sampled_advantage", credit._masked_mean(token_adv, mask))
+            self._log_mean("distill/sampled_advantage", credit.masked_mean(token_adv, mask))
             return token_adv
         lam = self.current_lambda
         token_adv, stats = credit.rlsd_token_advantages(
             inputs["sequence_advantages"], teacher_logps, old_logps, mask, lam=lam, eps_w=self.args.rlsd_eps_w)
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["rlsd/lambda"].append(lam)
-        self._metrics[mode]["rlsd/sign_flips"].append(self.accelerator.reduce(stats.pop("sign_flips"), "sum").item())
-        stats.pop("num_tokens")
-        for name, value in stats.items():
-            self._log_mean(f"rlsd/{name}", value)
+        self._log_rlsd_stats(stats, lam)
         return token_adv
 
     @property
@@ -201,7 +196,7 @@ class RLSDTrainer(GRPOTrainer):
         per_token = credit.distillation_divergence(
             student_logits[..., :vocab], teacher_logits[..., :vocab], kind=self.args.distill_divergence,
             jsd_beta=self.args.distill_jsd_beta, token_clip=self.args.opsd_token_clip)
-        loss = credit._masked_mean(per_token, mask)
+        loss = credit.masked_mean(per_token, mask)
         self._log_mean("distill/divergence", loss.detach())
         assert per_token.shape[1] == num_tokens
         mode = "train" if self.model.training else "eval"
@@ -217,6 +212,30 @@ class RLSDTrainer(GRPOTrainer):
         return logits[:, :-1, :] / self.temperature
 
     # ---- metrics ------------------------------------------------------------------------------------------------
+    def _log_rlsd_stats(self, stats: dict[str, torch.Tensor], lam: float) -> None:
+        """Token-weighted means over all processes, so the numbers do not depend on how the batch was split."""
+        acting, valid = stats["num_acting_tokens"], stats["num_tokens"]
+        delta_sq = stats["delta_std"] ** 2 + stats["delta_mean"] ** 2  # E[delta^2] over acting tokens
+        local = torch.stack([
+            stats["delta_mean"] * acting, delta_sq * acting, stats["weight_mean"] * acting,
+            stats["clip_low_frac"] * acting, stats["clip_high_frac"] * acting, acting,
+            stats["adv_abs_before"] * valid, stats["adv_abs_after"] * valid, valid, stats["sign_flips"],
+        ]).to(self.accelerator.device)
+        (delta, delta_sq, weight, clip_low, clip_high, acting, before, after, valid, flips) = \
+            self.accelerator.reduce(local, "sum").tolist()
+        acting, valid = max(acting, 1.0), max(valid, 1.0)
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        metrics["rlsd/lambda"].append(lam)
+        metrics["rlsd/sign_flips"].append(flips)
+        metrics["rlsd/delta_mean"].append(delta / acting)
+        metrics["rlsd/delta_std"].append(max(delta_sq / acting - (delta / acting) ** 2, 0.0) ** 0.5)
+        metrics["rlsd/weight_mean"].append(weight / acting)
+        metrics["rlsd/clip_low_frac"].append(clip_low / acting)
+        metrics["rlsd/clip_high_frac"].append(clip_high / acting)
+        metrics["rlsd/adv_abs_before"].append(before / valid)
+        metrics["rlsd/adv_abs_after"].append(after / valid)
+
     def _log_mean(self, name: str, value: torch.Tensor) -> None:
         mode = "train" if self.model.training else "eval"
         self._metrics[mode][name].append(self.accelerator.gather(value.detach().float().reshape(1)).mean().item())

@@ -171,31 +171,9 @@ def run_config(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     }
 
 
-def _check_output_dir_per_process(output_dir: str | os.PathLike) -> Path:
-    """`rlsd.run.check_output_dir` with a per-process probe file.
-
-    The original writes and unlinks the same `.rlsd-write-test` from every rank, so under
-    `accelerate launch` one rank can unlink the other's probe and fail with "not writable: No such file or
-    directory". Until run.py names the probe per process, this helper patches it (the CLI test shows the race).
-    """
-    from rlsd.run import RunError
-
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".rlsd-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise RunError(f"output directory {str(path)!r} is not writable: {err.strerror or err}") from None
-    return path
-
-
 def train_one(args: argparse.Namespace, mode: str) -> None:
-    import rlsd.run
     from rlsd.run import build_trainer
 
-    rlsd.run.check_output_dir = _check_output_dir_per_process
     out = Path(args.out) / mode
     record_dir = out / "records"
     record_dir.mkdir(parents=True, exist_ok=True)
