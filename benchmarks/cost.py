@@ -112,6 +112,21 @@ def digit_reward(prompts, completions, **kwargs):
     return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
 
 
+def sparse_reward(prompts, completions, **kwargs):
+    """A 0/1 reward that is right about 1 time in 8 (a stable hash of the text), like a verifier on a hard task.
+
+    With 4 generations per prompt about 59% of groups are all-wrong: their advantage is 0 and RLSD skips
+    their teacher forward, as it would on a real task.
+    """
+    import hashlib
+
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(hashlib.sha256(t.encode()).digest()[0] % 8 == 0) for t in texts]
+
+
+REWARDS = {"dense": digit_reward, "sparse": sparse_reward}
+
+
 # ---- worker (one configuration, fresh process) --------------------------------------------------------------
 def _rss_mb(field: str) -> float:
     """VmRSS (current) or VmHWM (high-water mark) in MB; ru_maxrss where there is no /proc."""
@@ -192,13 +207,13 @@ def _build_trainer(cfg: dict):
     if cfg["name"] == "trl":
         from trl import GRPOConfig, GRPOTrainer
 
-        return GRPOTrainer(model=cfg["student"], reward_funcs=digit_reward, args=GRPOConfig(**common),
+        return GRPOTrainer(model=cfg["student"], reward_funcs=REWARDS[cfg["reward"]], args=GRPOConfig(**common),
                            train_dataset=dataset)
     from rlsd import RLSDConfig, RLSDTrainer
 
     extra = {"algorithm": cfg["name"]} if cfg["name"] in ("rlsd", "grpo") else {
         "algorithm": "opd", "teacher_model": cfg["teacher"]}
-    return RLSDTrainer(model=cfg["student"], reward_funcs=digit_reward, args=RLSDConfig(**common, **extra),
+    return RLSDTrainer(model=cfg["student"], reward_funcs=REWARDS[cfg["reward"]], args=RLSDConfig(**common, **extra),
                        train_dataset=dataset)
 
 
@@ -384,7 +399,7 @@ def phase_profile(c: dict, cpu: bool = True) -> dict[str, float]:
 def format_report(summary: dict) -> str:
     meta, ratios, spread = summary["meta"], summary["ratios"], summary["ratios_per_round"]
     models = meta["models"]
-    lines = [f"RLSD cost benchmark ({meta['mode']}) on {meta['machine']}",
+    lines = [f"RLSD cost benchmark ({meta['mode']}, {meta.get('reward', 'dense')} reward) on {meta['machine']}",
              f"student {models['student']['params'] / 1e6:.2f}M params (hidden {models['student']['hidden']}, "
              f"{models['student']['layers']} layers); OPD teachers "
              f"{models['teacher2x']['param_ratio']:.2f}x and {models['teacher4x']['param_ratio']:.2f}x; "
@@ -423,7 +438,7 @@ def format_report(summary: dict) -> str:
     if rlsd.get("teacher_prompt_tokens") is not None:
         lines.append(f"\nrlsd prompt tokens: student {rlsd['student_prompt_tokens']:.0f}, teacher "
                      f"{rlsd['teacher_prompt_tokens']:.0f} (+ {meta['preset']['completion']} completion tokens each); "
-                     f"rows with zero advantage (teacher pass wasted on them): {rlsd['zero_advantage_frac']:.0%}")
+                     f"rows with zero advantage (RLSD skips their teacher pass): {rlsd['zero_advantage_frac']:.0%}")
     lines.append("teacher% = teacher/time_frac logged by RLSDTrainer (rollout-side teacher work only); fwd% = time "
                  "inside teacher.activate() / mean step, wherever the teacher forward runs (opd: in the loss)")
     lines.append("setup MB = RSS growth while building the trainer; safetensors are memory-mapped, so an OPD teacher's "
@@ -444,7 +459,7 @@ def machine_description(threads: int = 0) -> str:
     return f"{os.cpu_count()}-core CPU ({cpu}), no GPU, torch {torch.__version__}, {used} torch thread(s) per worker"
 
 
-def _schedule(names: list[str], preset: dict, models: dict, tmp: Path, threads: int) -> list[dict]:
+def _schedule(names: list[str], preset: dict, models: dict, tmp: Path, threads: int, reward: str) -> list[dict]:
     """Worker configs, round by round, the order rotated each round."""
     teachers = {"opd2x": models["teacher2x"]["path"], "opd4x": models["teacher4x"]["path"]}
     cfgs = []
@@ -452,7 +467,7 @@ def _schedule(names: list[str], preset: dict, models: dict, tmp: Path, threads: 
         shift = rnd % len(names)
         for name in names[shift:] + names[:shift]:
             cfgs.append({**preset, "name": name, "round": rnd, "student": models["student"]["path"],
-                         "teacher": teachers.get(name), "threads": threads,
+                         "teacher": teachers.get(name), "threads": threads, "reward": reward,
                          "output_dir": str(tmp / f"out-{name}-{rnd}")})
     return cfgs
 
@@ -472,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="workers at once; >1 only for smoke runs (timings interfere)")
     parser.add_argument("--out", default="benchmarks/results/cost.json")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per worker")
+    parser.add_argument("--reward", choices=sorted(REWARDS), default="dense",
+                        help="dense: every group has signal (the teacher scores every row); sparse: a 0/1 reward "
+                             "right 1 time in 8, so most groups have none and RLSD skips their teacher pass")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -493,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="rlsd-cost-") as tmp:
         models = build_models(Path(tmp), preset)
-        cfgs = _schedule(names, preset, models, Path(tmp), args.threads)
+        cfgs = _schedule(names, preset, models, Path(tmp), args.threads, args.reward)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -504,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(result)
     summary = aggregate(results, preset["rounds"])
     load = [r["loadavg_1min"][0] for r in results if r["loadavg_1min"][0] is not None]
-    summary["meta"] = {"mode": mode, "preset": preset, "machine": machine_description(args.threads),
+    summary["meta"] = {"mode": mode, "reward": args.reward, "preset": preset, "machine": machine_description(args.threads),
                        "configs": names, "threads": args.threads, "jobs": args.jobs,
                        "models": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in models.items()},
                        "memory_method": results[0]["memory_method"], "wall_seconds": time.time() - started,
