@@ -1,0 +1,30 @@
+"""`rlsd quickstart --fast` end to end: warm start, RLSD and GRPO from it, plot and summary."""
+
+import json
+
+import pytest
+
+from rlsd.cli import main
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_quickstart_fast_writes_parseable_outputs(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--fast", "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["algorithm"] for row in summary["runs"]] == ["rlsd", "grpo"]
+    assert 0.0 <= summary["warm_start"]["accuracy"] <= 1.0
+    for row in summary["runs"]:
+        assert row["first_heldout_accuracy"] is not None and row["final_heldout_accuracy"] is not None
+        assert row["steps"] == summary["steps"]
+    rlsd_row = summary["runs"][0]
+    assert 0.0 < rlsd_row["mean_teacher_time_frac"] < 1.0
+    for algorithm in ("rlsd", "grpo"):
+        lines = (out / algorithm / "metrics.jsonl").read_text().splitlines()
+        assert all(isinstance(json.loads(line), dict) for line in lines)
+    assert (out / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "warmstart" / "config.json").exists()
+    text = (out / "summary.md").read_text()
+    assert "| rlsd" in text and "| grpo" in text and "report/curves.png" in text
+    assert "summary in" in capsys.readouterr().out
