@@ -103,7 +103,11 @@ def generate(
     progress: bool = True,
     desc: str = "generate",
 ) -> list[list[str]]:
-    """Completions (decoded, special tokens dropped) for each prompt, `num_return_sequences` each."""
+    """Completions (decoded, special tokens dropped) for each prompt, `num_return_sequences` each.
+
+    `batch_size` counts sequences, so sampling n per prompt batches `batch_size // n` prompts at a time.
+    Sampling is pure temperature sampling (no top-k/top-p), whatever the model's generation config says.
+    """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id)
     if greedy:
@@ -114,8 +118,9 @@ def generate(
     device = _device(model)
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     with _eval_mode(model, tokenizer):
-        for start in range(0, len(prompts), batch_size):
-            texts = [render_prompt(p, tokenizer) for p in prompts[start : start + batch_size]]
+        step = max(1, batch_size // num_return_sequences)
+        for start in range(0, len(prompts), step):
+            texts = [render_prompt(p, tokenizer) for p in prompts[start : start + step]]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             seqs = model.generate(**enc, num_return_sequences=num_return_sequences, **gen_kwargs)
             decoded = tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
