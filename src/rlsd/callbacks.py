@@ -75,7 +75,8 @@ class HeldOutEvalCallback(TrainerCallback):
     are logged through `trainer.log` as their own line; without one they are
     added to the next log line the trainer writes (this callback forces one at
     each eval step), which callbacks listed after this one and
-    `state.log_history` see. Sample completions are appended to
+    `state.log_history` see; an extra eval at train end (after an early stop)
+    then only reaches `state.log_history`. Sample completions are appended to
     `samples_path` (JSONL) when given. The model is put back in train mode.
     """
 
