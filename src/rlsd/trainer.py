@@ -185,9 +185,7 @@ class RLSDTrainer(GRPOTrainer):
 
     def _distillation_loss(self, model, inputs) -> torch.Tensor:
         """OPSD/OPD: mean over completion tokens of D(teacher || student), full vocabulary."""
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        mask = completion_mask * inputs.get("tool_mask", 1)
-        num_tokens = completion_ids.size(1)
+        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
         student_logits = self._completion_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], inputs)
         with torch.no_grad(), self.teacher.activate() as teacher_module:
             teacher_logits = self._completion_logits(
@@ -198,7 +196,6 @@ class RLSDTrainer(GRPOTrainer):
             jsd_beta=self.args.distill_jsd_beta, token_clip=self.args.opsd_token_clip)
         loss = credit.masked_mean(per_token, mask)
         self._log_mean("distill/divergence", loss.detach())
-        assert per_token.shape[1] == num_tokens
         mode = "train" if self.model.training else "eval"
         return loss / (self.current_gradient_accumulation_steps if mode == "train" else 1.0)
 
