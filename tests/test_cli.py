@@ -199,3 +199,30 @@ def test_train_on_a_users_file_reports_bad_rows_then_skips_them(tiny_model_dir, 
     assert "1 of 9 rows are invalid" in err and f"{data}:4: field 'question': empty" in err
     assert "Traceback" not in err
     assert main([*common, "--skip-bad-rows"]) == 0
+
+
+def test_ctrl_c_saves_a_checkpoint_before_exit(tiny_model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, max_steps=100000)
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlsd", "train", "--config", str(config), "--output-dir", str(out),
+         "--set", "eval_every=0", "--set", "samples_every=0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    metrics = out / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"loss"') >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    assert "interrupted; saving a checkpoint" in output
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert checkpoints, "the interrupted run left a checkpoint to --resume from"
+    assert (out / checkpoints[-1] / "trainer_state.json").exists()
