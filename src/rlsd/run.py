@@ -153,8 +153,8 @@ def train(run: dict, *, output_dir=None, resume: bool = False, extra_callbacks=(
         raise RunError(f"--resume: no checkpoint-N directory in {prepared.output_dir} to resume from")
     trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.save_model(str(prepared.output_dir))
-    dataset_name = run.get("task") or (run.get("data") or {}).get("train") if isinstance(run.get("data"), dict) \
-        else run.get("task") or run.get("data")
+    data = run.get("data")
+    dataset_name = run.get("task") or (data.get("train") if isinstance(data, dict) else data)
     trainer.create_model_card(model_name=prepared.output_dir.name, dataset_name=str(dataset_name),
                               tags=["rlsd", trainer.args.algorithm])
     return prepared
