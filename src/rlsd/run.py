@@ -94,7 +94,9 @@ def build_rewards(run: dict, default_reward):
     if not specs:
         if default_reward is None:
             raise RunError("no reward: set `rewards:` (e.g. [math] or [exact, format:0.1]) in the config")
-        return [default_reward], None
+        from .rewards import robust
+
+        return [robust(default_reward)], None  # a task reward failing on one sample must not stop the run
     from .rewards import get_rewards
 
     if isinstance(specs, str):
