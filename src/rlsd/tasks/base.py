@@ -11,7 +11,11 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
+
+# One way to read text out of TRL's prompts and completions (strings or chat messages), shared with the rewards.
+from ..rewards._text import completion_text
+from ..teacher import prompt_text  # noqa: F401  (re-exported for the task modules)
 
 Row = dict[str, Any]
 RewardFn = Callable[..., list[float]]
@@ -99,27 +103,6 @@ def sample_rows(
 
 def chat_prompt(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": question}]
-
-
-def completion_text(completion: Any) -> str:
-    """The text of one completion as TRL passes it: a string or a list of chat messages."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    if isinstance(completion, Sequence):
-        # Conversational: the assistant turn(s); join in case a template split them.
-        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
-    return str(completion)
-
-
-def prompt_text(prompt: Any) -> str:
-    """The user-visible text of a prompt (string or message list), for parsing problem data back out."""
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, Sequence):
-        return "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
-    return str(prompt)
 
 
 def extract_answer(text: Any) -> str | None:
