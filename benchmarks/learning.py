@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithms", default="grpo,rlsd,opsd,opd")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--teacher-steps", type=int, default=1500,
+                        help="OPD teacher's SFT steps (step-budgeted so a busy machine does not weaken it)")
     parser.add_argument("--ablation", action="store_true", help="RLSD variants instead of algorithms (first task)")
     parser.add_argument("--quick", action="store_true", help="smoke: 1 task, grpo+rlsd, 1 seed, 4 steps")
     parser.add_argument("--out", default="benchmarks/results/learning")
@@ -154,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         teacher_dir = None
         if any(algorithm == "opd" for algorithm, _ in variants.values()):
             teacher = warm_start(task, out / f"teacher-{task}", seed=0, hidden_size=256, num_layers=4,
-                                 target_accuracy=(0.6, 0.95), max_steps=4000,
-                                 time_budget_s=60.0 if args.quick else 300.0)
+                                 target_accuracy=(0.6, 0.95), max_steps=args.teacher_steps,
+                                 time_budget_s=60.0 if args.quick else 4 * 3600.0)
             teacher_dir = teacher.output_dir
             print(f"[{task}] OPD teacher ({teacher.num_parameters} params): accuracy {teacher.accuracy:.2f}")
         curves: dict[str, list] = {}
