@@ -3,6 +3,7 @@
     python benchmarks/learning.py --quick                 # CI smoke: 1 task, grpo+rlsd, 1 seed, a few steps
     python benchmarks/learning.py                         # 2 tasks x 4 algorithms x 3 seeds
     python benchmarks/learning.py --ablation              # RLSD's open choices (SPEC.md) on the first task
+    python benchmarks/learning.py --privileged-fraction 0.5 --out ...   # a student that can read a reference
 
 Every run uses the quickstart recipe (`rlsd.quickstart.quickstart_run`): same checkpoint, seed, data order,
 rollouts and steps; only `algorithm` (or the ablated field) differs. OPD's teacher is a larger tiny model
@@ -34,6 +35,27 @@ ABLATIONS = {
     "teacher=ema": {"teacher_mode": "ema"},
     "teacher=base": {"teacher_mode": "base"},
 }
+
+
+def privileged_accuracy(task_name: str, model_dir: str, fields=("answer", "solution"), n: int = 100) -> float:
+    """Held-out greedy accuracy of a model when its prompt carries the privileged text (RLSD/OPSD's teacher view).
+
+    The self-teacher is only as useful as this: a model that does no better with the answer in its context
+    cannot tell OPSD which tokens to imitate, and RLSD can only rescale its verified-reward update.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlsd.evaluate import evaluate
+    from rlsd.tasks import get_task
+    from rlsd.teacher import default_template, teacher_prompt
+
+    task, template = get_task(task_name), default_template(fields)
+    rows = [{**row, "teacher_prompt": teacher_prompt(row["prompt"], row, template)}
+            for row in task.make_rows(n, seed=0, split="test")]
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    result = evaluate(model, tokenizer, rows, task.reward, prompt_column="teacher_prompt", max_new_tokens=96,
+                      progress=False)
+    return result["accuracy"]
 
 
 def heldout_curve(run_dir: Path) -> list[tuple[float, float]]:
@@ -83,11 +105,19 @@ def summarize(curves: dict[str, list[list[tuple[float, float]]]], baseline: str 
     return rows
 
 
-def table_markdown(task: str, rows: list[dict]) -> str:
+def table_markdown(task: str, rows: list[dict], diagnostics: dict | None = None) -> str:
     def fmt(v, spec=".3f"):
         return "—" if v is None else format(v, spec)
 
-    lines = [f"### {task}", "", "| algorithm | seeds | held-out acc. at start | final (mean ± std) | best (mean) "
+    notes = []
+    if diagnostics:
+        notes.append(f"Student ({diagnostics['student_params'] / 1e6:.2f}M params) after warm start: "
+                     f"{diagnostics['student_accuracy']:.2f}; the same model with answer + solution in its prompt "
+                     f"(the self-teacher's view): {diagnostics['student_with_privileged_context']:.2f}.")
+        if "opd_teacher_accuracy" in diagnostics:
+            notes.append(f"OPD teacher ({diagnostics['opd_teacher_params'] / 1e6:.2f}M params, "
+                         f"{diagnostics['opd_teacher_sft_steps']} SFT steps): {diagnostics['opd_teacher_accuracy']:.2f}.")
+    lines = [f"### {task}", "", *([" ".join(notes), ""] if notes else []), "| algorithm | seeds | held-out acc. at start | final (mean ± std) | best (mean) "
              "| steps to GRPO's final | ratio vs GRPO |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['algorithm']} | {r['seeds']} | {fmt(r['start'])} | {fmt(r['final_mean'])} ± "
@@ -129,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--teacher-steps", type=int, default=1500,
                         help="OPD teacher's SFT steps (step-budgeted so a busy machine does not weaken it)")
+    parser.add_argument("--privileged-fraction", type=float, default=0.0,
+                        help="warm start also on this share of rows with the reference in the prompt, so the tiny "
+                             "model can use privileged context (as instruction-tuned LLMs can); 0: plain SFT")
+    parser.add_argument("--student-budget-s", type=float, default=150.0,
+                        help="student warm-start time limit (it stops earlier once in the 0.3-0.5 accuracy band)")
     parser.add_argument("--ablation", action="store_true", help="RLSD variants instead of algorithms (first task)")
     parser.add_argument("--quick", action="store_true", help="smoke: 1 task, grpo+rlsd, 1 seed, 4 steps")
     parser.add_argument("--out", default="benchmarks/results/learning")
@@ -147,12 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     all_curves: dict[str, dict[str, list]] = {}
+    diagnostics: dict[str, dict] = {}
     tables = []
     for task in tasks:
         student = warm_start(task, out / f"warmstart-{task}", seed=0, progress=not args.quick,
                              **({"time_budget_s": 30.0, "max_steps": 200, "num_eval_rows": 32} if args.quick
-                                else {"target_accuracy": (0.3, 0.5)}))  # the quickstart's starting point
+                                else {"target_accuracy": (0.3, 0.5), "time_budget_s": args.student_budget_s,
+                                      "privileged_fraction": args.privileged_fraction}))
         print(f"[{task}] student warm start: held-out accuracy {student.accuracy:.2f}", flush=True)
+        diagnostics[task] = {"student_accuracy": student.accuracy, "student_params": student.num_parameters,
+                             "student_with_privileged_context": privileged_accuracy(task, student.output_dir)}
+        print(f"[{task}] the same model with answer + solution in its prompt (the self-teacher's view): "
+              f"{diagnostics[task]['student_with_privileged_context']:.2f}", flush=True)
         teacher_dir = None
         if any(algorithm == "opd" for algorithm, _ in variants.values()):
             teacher = warm_start(task, out / f"teacher-{task}", seed=0, hidden_size=256, num_layers=4,
@@ -160,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                                  time_budget_s=60.0 if args.quick else 4 * 3600.0)
             teacher_dir = teacher.output_dir
             print(f"[{task}] OPD teacher ({teacher.num_parameters} params): accuracy {teacher.accuracy:.2f}")
+            diagnostics[task].update(opd_teacher_accuracy=teacher.accuracy, opd_teacher_params=teacher.num_parameters,
+                                     opd_teacher_sft_steps=teacher.steps)
         curves: dict[str, list] = {}
         for name, (algorithm, fields) in variants.items():
             for seed in seeds:
@@ -172,12 +215,14 @@ def main(argv: list[str] | None = None) -> int:
                 curves.setdefault(name, []).append(run_once(run, out / task / name.replace("=", "-") / f"seed{seed}"))
         all_curves[task] = curves
         rows = summarize(curves, baseline="grpo" if "grpo" in curves else next(iter(curves)))
-        tables.append(table_markdown(task, rows))
+        tables.append(table_markdown(task, rows, diagnostics[task]))
         print(tables[-1], flush=True)
 
     (out / "curves.json").write_text(json.dumps(all_curves, indent=1))
+    (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
     plot(all_curves, out / "learning.png")
-    header = f"Held-out greedy accuracy; {args.steps} RL steps; seeds {seeds}; {time.perf_counter() - started:.0f}s.\n\n"
+    header = (f"Held-out greedy accuracy; {args.steps} RL steps; seeds {seeds}; student warm start with "
+              f"privileged_fraction={args.privileged_fraction}; {time.perf_counter() - started:.0f}s.\n\n")
     (out / "table.md").write_text(header + "\n".join(tables))
     print(f"wrote {out}/curves.json, learning.png, table.md")
     return 0

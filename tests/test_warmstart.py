@@ -49,3 +49,33 @@ def test_warm_start_saves_a_loadable_directory_and_reruns_reuse_it(tmp_path):
 def test_warm_start_stops_as_soon_as_accuracy_is_in_the_band(tmp_path):
     result = warm_start("countdown", tmp_path / "w", seed=0, target_accuracy=(0.0, 1.0), **TINY)
     assert result.steps == 4 and result.in_band  # the first evaluation is already "in band"
+
+
+def test_privileged_fraction_adds_reference_prompts_and_keeps_old_warm_starts_reusable(tmp_path, monkeypatch):
+    import pytest
+    import trl
+
+    captured = []
+
+    class CapturingSFTTrainer(trl.SFTTrainer):
+        def __init__(self, *args, train_dataset=None, **kwargs):
+            captured.append(train_dataset)
+            super().__init__(*args, train_dataset=train_dataset, **kwargs)
+
+    monkeypatch.setattr(trl, "SFTTrainer", CapturingSFTTrainer)
+    result = warm_start("arithmetic", tmp_path / "w", seed=0, target_accuracy=(0.9, 1.0), privileged_fraction=0.5,
+                        **TINY)
+    rows = captured[0]
+    assert len(rows) == 64 + 32  # every row plain, half of them again with the reference in the prompt
+    with_reference = [r for r in rows if "A reference solution" in r["prompt"]]
+    assert len(with_reference) == 32
+    for r in with_reference:  # the prompt carries the very solution the completion writes
+        assert r["completion"].removesuffix("<|im_end|>") in r["prompt"]
+        assert r["prompt"].endswith("<|im_start|>assistant\n")  # the reference sits inside the user turn
+    assert result.settings["privileged_fraction"] == 0.5
+
+    plain = warm_start("arithmetic", tmp_path / "p", seed=0, target_accuracy=(0.9, 1.0), **TINY)
+    assert "privileged_fraction" not in plain.settings  # settings of existing warm starts are unchanged
+    assert not any("A reference solution" in r["prompt"] for r in captured[-1])
+    with pytest.raises(ValueError, match="privileged_fraction"):
+        warm_start("arithmetic", tmp_path / "x", privileged_fraction=1.5, **TINY)

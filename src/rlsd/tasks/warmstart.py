@@ -67,6 +67,7 @@ def warm_start(
     warmup_steps: int = 20,
     max_new_tokens: int = 96,
     num_threads: int | None = None,
+    privileged_fraction: float = 0.0,
     force: bool = False,
     progress: bool = True,
 ) -> WarmStartResult:
@@ -78,7 +79,11 @@ def warm_start(
     the band's floor, at `max_steps`, or after `time_budget_s` seconds of
     training. Saves model + tokenizer + `warmstart.json` to `output_dir`;
     with the same settings a finished directory is reused unless `force`.
-    `num_threads` caps torch's CPU threads for the run (on a busy machine one
+    `privileged_fraction` > 0 adds that share of the training rows a second
+    time with the reference answer and solution in the prompt (the RLSD
+    teacher's template), so the tiny model learns to use a reference in its
+    context, as an instruction-tuned LLM already can; held-out accuracy is
+    still measured on plain prompts. `num_threads` caps torch's CPU threads for the run (on a busy machine one
     thread beats two spinning ones); None keeps torch's setting.
     """
     from .. import tasks as registry
@@ -88,6 +93,8 @@ def warm_start(
     low, high = target_accuracy
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"target_accuracy must satisfy 0 <= low <= high <= 1, got {target_accuracy}")
+    if not 0.0 <= privileged_fraction <= 1.0:
+        raise ValueError(f"privileged_fraction must be in [0, 1], got {privileged_fraction}")
     output_dir = Path(output_dir)
     settings = dict(
         version=FORMAT_VERSION, task=task.name, seed=seed, difficulty=difficulty, max_steps=max_steps,
@@ -96,6 +103,8 @@ def warm_start(
         num_layers=num_layers, num_heads=num_heads, learning_rate=learning_rate, batch_size=batch_size,
         warmup_steps=warmup_steps, max_new_tokens=max_new_tokens,
     )
+    if privileged_fraction:  # only when used, so that existing warm starts stay reusable
+        settings["privileged_fraction"] = privileged_fraction
     if not force and (previous := load_result(output_dir)) is not None and previous.settings == settings:
         logger.info("warm start: reusing %s (accuracy %.2f)", output_dir, previous.accuracy)
         previous.reused = True
@@ -145,10 +154,16 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
     )
     train_rows = task.make_rows(s["num_train_rows"], s["seed"], s["difficulty"], "train")
     eval_rows = task.make_rows(s["num_eval_rows"], s["seed"], s["difficulty"], "test")
-    dataset = Dataset.from_list(
-        [{"prompt": render_prompt(r["prompt"], tokenizer), "completion": r["solution"] + tokenizer.eos_token}
-         for r in train_rows]
-    )
+    examples = [{"prompt": render_prompt(r["prompt"], tokenizer), "completion": r["solution"] + tokenizer.eos_token}
+                for r in train_rows]
+    num_privileged = round(s.get("privileged_fraction", 0.0) * len(train_rows))
+    if num_privileged:
+        from ..teacher import default_template, teacher_prompt
+
+        template = default_template(("answer", "solution"))
+        examples += [{"prompt": render_prompt(teacher_prompt(r["prompt"], r, template), tokenizer),
+                      "completion": r["solution"] + tokenizer.eos_token} for r in train_rows[:num_privileged]]
+    dataset = Dataset.from_list(examples)
     low, high = s["target_accuracy"]
     history: list[dict[str, float]] = []
     # The bar runs on the time budget (the honest upper bound on the wait); the postfix shows steps and accuracy.
