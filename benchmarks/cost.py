@@ -4,6 +4,7 @@
     python benchmarks/cost.py --quick     # ~1 minute: smaller model, one round
     python benchmarks/cost.py --smoke     # the script works; the numbers mean nothing
     python benchmarks/cost.py --lora --out benchmarks/results/cost-lora.json   # LoRA student, frozen base
+    python benchmarks/cost.py --large --lora --threads 2 --out ...   # 57M student: memory where weights dominate
 
 Every configuration trains the same student on the same prompts with the same seed, in its OWN subprocess
 (`cost_worker.py`), so that one run's memory high-water mark cannot pollute another's. Configurations
@@ -55,6 +56,8 @@ PRESETS = {  # student size, batch and lengths; teachers are sized from the stud
     "full": dict(hidden=256, layers=4, heads=4, batch=8, generations=4, completion=96, warmup=2, steps=5, rounds=5),
     "quick": dict(hidden=128, layers=4, heads=4, batch=8, generations=4, completion=48, warmup=1, steps=3, rounds=1),
     "smoke": dict(hidden=32, layers=2, heads=2, batch=4, generations=2, completion=8, warmup=1, steps=1, rounds=1),
+    # Big enough that weights and optimizer state, not activations and allocator slack, set the peak: for memory.
+    "large": dict(hidden=768, layers=6, heads=12, batch=8, generations=4, completion=96, warmup=1, steps=1, rounds=1),
 }
 RATIO_TARGETS = {"rlsd_vs_grpo/step_time": 1.10, "rlsd_vs_grpo/peak_mb": 1.05, "rlsd_vs_opd2x/peak_mb": 0.60}
 
@@ -182,7 +185,8 @@ def format_report(summary: dict) -> str:
     lines = [f"RLSD cost benchmark ({meta['mode']}, {meta.get('reward', 'dense')} reward) on {meta['machine']}",
              f"student {models['student']['params'] / 1e6:.2f}M params (hidden {models['student']['hidden']}, "
              f"{models['student']['layers']} layers"
-             + (f", LoRA r={meta['lora']['r']} on all linear layers, base frozen" if meta.get("lora") else ", full fine-tune")
+             + (f", LoRA r={meta['lora']['r']} on all linear layers, base frozen" if meta.get("lora")
+                else ", full fine-tune")
              + "); OPD teachers "
              f"{models['teacher2x']['param_ratio']:.2f}x and {models['teacher4x']['param_ratio']:.2f}x; "
              f"batch {meta['preset']['batch']} ({meta['preset']['generations']} generations/prompt), "
@@ -260,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller model, 1 round (about 2 minutes on 2 cores)")
     size.add_argument("--smoke", action="store_true", help="tiny model, 1 step: checks the script, not the numbers")
+    size.add_argument("--large", action="store_true",
+                      help="57M-parameter student, 1 round, 1 step: memory where the weights dominate (slow on CPU)")
     parser.add_argument("--steps", type=int, default=None, help="measured steps per run (after warm-up)")
     parser.add_argument("--warmup", type=int, default=None, help="discarded steps per run")
     parser.add_argument("--rounds", type=int, default=None, help="repeats of every configuration, order rotated")
@@ -267,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads per worker (0: torch's default). 1 by default: on a shared "
                              "small CPU box, OpenMP threads stall whenever another process takes a core")
-    parser.add_argument("--jobs", type=int, default=1, help="workers at once; >1 only for smoke runs (timings interfere)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="workers at once; >1 only for smoke runs (timings interfere)")
     parser.add_argument("--out", default="benchmarks/results/cost.json")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per worker")
     parser.add_argument("--reward", choices=sorted(REWARDS), default="dense",
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = "smoke" if args.smoke else "quick" if args.quick else "large" if args.large else "full"
     preset = dict(PRESETS[mode])
     for key in ("steps", "warmup", "rounds"):
         if getattr(args, key) is not None:
@@ -304,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(result)
     summary = aggregate(results, preset["rounds"])
     load = [r["loadavg_1min"][0] for r in results if r["loadavg_1min"][0] is not None]
-    summary["meta"] = {"mode": mode, "reward": args.reward, "lora": LORA if args.lora else None, "preset": preset, "machine": machine_description(args.threads),
+    summary["meta"] = {"mode": mode, "reward": args.reward, "lora": LORA if args.lora else None,
+                       "preset": preset, "machine": machine_description(args.threads),
                        "configs": names, "threads": args.threads, "jobs": args.jobs,
                        "models": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in models.items()},
                        "memory_method": results[0]["memory_method"], "wall_seconds": time.time() - started,

@@ -91,6 +91,9 @@ def summarize(curves: dict[str, list[list[tuple[float, float]]]], baseline: str 
     for name, seeds in curves.items():
         finals = [c[-1][1] for c in seeds if c]
         bests = [max(v for _, v in c) for c in seeds if c]
+        # Means over a stretch of the curve are less noisy than its last point.
+        lates = [statistics.mean(v for step, v in c if step >= 0.6 * c[-1][0]) for c in seeds if c]
+        overall = [statistics.mean(v for step, v in c if step > 0) for c in seeds if c and c[-1][0] > 0]
         reach = steps_to_reach(means[name], target) if target is not None else None
         base_reach = steps_to_reach(means[baseline], target) if target is not None else None
         rows.append({
@@ -99,13 +102,15 @@ def summarize(curves: dict[str, list[list[tuple[float, float]]]], baseline: str 
             "final_mean": statistics.mean(finals) if finals else None,
             "final_std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
             "best_mean": statistics.mean(bests) if bests else None,
+            "late_mean": statistics.mean(lates) if lates else None,
+            "all_mean": statistics.mean(overall) if overall else None,
             "steps_to_grpo_final": reach,
             "steps_ratio_vs_grpo": (reach / base_reach) if reach and base_reach else None,
         })
     return rows
 
 
-def table_markdown(task: str, rows: list[dict], diagnostics: dict | None = None) -> str:
+def table_markdown(task: str, rows: list[dict], diagnostics: dict | None = None, baseline: str = "grpo") -> str:
     def fmt(v, spec=".3f"):
         return "—" if v is None else format(v, spec)
 
@@ -116,12 +121,17 @@ def table_markdown(task: str, rows: list[dict], diagnostics: dict | None = None)
                      f"(the self-teacher's view): {diagnostics['student_with_privileged_context']:.2f}.")
         if "opd_teacher_accuracy" in diagnostics:
             notes.append(f"OPD teacher ({diagnostics['opd_teacher_params'] / 1e6:.2f}M params, "
-                         f"{diagnostics['opd_teacher_sft_steps']} SFT steps): {diagnostics['opd_teacher_accuracy']:.2f}.")
-    lines = [f"### {task}", "", *([" ".join(notes), ""] if notes else []), "| algorithm | seeds | held-out acc. at start | final (mean ± std) | best (mean) "
-             "| steps to GRPO's final | ratio vs GRPO |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                         f"{diagnostics['opd_teacher_sft_steps']} SFT steps): "
+                         f"{diagnostics['opd_teacher_accuracy']:.2f}.")
+    header = ("| algorithm | seeds | held-out acc. at start | final (mean ± std) | best (mean) "
+              "| last 40% of steps (mean) | all steps after 0 (mean) "
+              f"| steps to {baseline}'s final | ratio vs {baseline} |")
+    lines = [f"### {task}", "", *([" ".join(notes), ""] if notes else []), header,
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['algorithm']} | {r['seeds']} | {fmt(r['start'])} | {fmt(r['final_mean'])} ± "
-                     f"{fmt(r['final_std'])} | {fmt(r['best_mean'])} | {fmt(r['steps_to_grpo_final'], '.0f')} "
+                     f"{fmt(r['final_std'])} | {fmt(r['best_mean'])} | {fmt(r['late_mean'])} | {fmt(r['all_mean'])} "
+                     f"| {fmt(r['steps_to_grpo_final'], '.0f')} "
                      f"| {fmt(r['steps_ratio_vs_grpo'], '.2f')} |")
     return "\n".join(lines) + "\n"
 
@@ -214,15 +224,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{task}] {name} seed {seed}", flush=True)
                 curves.setdefault(name, []).append(run_once(run, out / task / name.replace("=", "-") / f"seed{seed}"))
         all_curves[task] = curves
-        rows = summarize(curves, baseline="grpo" if "grpo" in curves else next(iter(curves)))
-        tables.append(table_markdown(task, rows, diagnostics[task]))
+        baseline = "grpo" if "grpo" in curves else next(iter(curves))
+        tables.append(table_markdown(task, summarize(curves, baseline=baseline), diagnostics[task], baseline))
         print(tables[-1], flush=True)
 
     (out / "curves.json").write_text(json.dumps(all_curves, indent=1))
     (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
     plot(all_curves, out / "learning.png")
     header = (f"Held-out greedy accuracy; {args.steps} RL steps; seeds {seeds}; student warm start with "
-              f"privileged_fraction={args.privileged_fraction}; {time.perf_counter() - started:.0f}s.\n\n")
+              f"privileged_fraction={args.privileged_fraction}; this invocation took {time.perf_counter() - started:.0f}s "
+              "(runs finished earlier are reused, not rerun).\n\n")
     (out / "table.md").write_text(header + "\n".join(tables))
     print(f"wrote {out}/curves.json, learning.png, table.md")
     return 0

@@ -32,6 +32,24 @@ def test_cost_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cost_benchmark_smoke_with_a_lora_student(tmp_path):
+    out = tmp_path / "cost-lora.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cost.py"), "--smoke", "--lora", "--configs", "grpo,rlsd,opd2x",
+         "--jobs", "2", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["meta"]["lora"]["r"] == 16 and "LoRA r=16" in proc.stdout
+    student_params = result["meta"]["models"]["student"]["params"]
+    for run in result["raw"]:  # only the adapters train; the base (and OPD's teacher) stay frozen
+        assert 0 < run["trainable_params"] < student_params, run["name"]
+    assert isinstance(result["ratios"]["rlsd_vs_opd2x/peak_mb"], float)
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_learning_benchmark_quick(tmp_path):
     out = tmp_path / "learning"
