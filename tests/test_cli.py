@@ -226,3 +226,17 @@ def test_ctrl_c_saves_a_checkpoint_before_exit(tiny_model_dir, tmp_path):
     checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
     assert checkpoints, "the interrupted run left a checkpoint to --resume from"
     assert (out / checkpoints[-1] / "trainer_state.json").exists()
+
+
+def test_eval_with_reference_scores_the_self_teachers_view(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", "3", "--max-new-tokens", "4",
+                 "--with-reference", "answer,solution", "--out", str(out)]) == 0
+    records = json.loads(out.read_text())["records"]
+    for record in records:  # the rendered prompt the model saw carries the reference inside the user turn
+        assert "A reference solution (for grading, do not copy):" in record["prompt"]
+        assert f"Final answer: {record['answer']}" in record["prompt"]
+    capsys.readouterr()
+    assert main(["eval", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", "2",
+                 "--with-reference", "hint"]) == 2
+    assert "row 1 has no value in field 'hint'" in capsys.readouterr().err

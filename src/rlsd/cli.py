@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", help="write the metrics (and per-row records) as JSON here")
+    evaluate.add_argument("--with-reference", metavar="FIELDS", default=None,
+                          help="put these columns (e.g. answer,solution) into every prompt with the teacher's default "
+                               "template: the RLSD self-teacher's view. It should score far above the plain prompt, "
+                               "or the teacher cannot tell good tokens from bad")
 
     report = commands.add_parser("report", help="curves and a Markdown summary from run directories")
     report.add_argument("run_dirs", nargs="+")
@@ -136,6 +140,8 @@ def cmd_eval(args) -> int:
         rows = list(load_dataset(args.data)["train"])
     if args.limit:
         rows = rows[: args.limit]
+    if args.with_reference:
+        rows = _with_reference(rows, [f.strip() for f in args.with_reference.split(",") if f.strip()])
     if args.reward or reward_fn is None:
         from .rewards import get_reward
 
@@ -155,6 +161,19 @@ def cmd_eval(args) -> int:
             json.dump({"model": args.model, "metrics": metrics, "records": records}, handle, indent=2, default=str)
         print(f"rlsd eval: wrote {args.out}")
     return 0
+
+
+def _with_reference(rows: list[dict], fields: list[str]) -> list[dict]:
+    """Rows whose prompt carries `fields` as RLSD's teacher sees them (same template, same placement)."""
+    from .run import RunError
+    from .teacher import default_template, teacher_prompt
+
+    for number, row in enumerate(rows, start=1):
+        for name in fields:
+            if row.get(name) in (None, ""):
+                raise RunError(f"--with-reference: row {number} has no value in field {name!r}")
+    template = default_template(fields)
+    return [{**row, "prompt": teacher_prompt(row["prompt"], row, template)} for row in rows]
 
 
 def _table(metrics: dict) -> str:
