@@ -47,14 +47,12 @@ def privileged_accuracy(task_name: str, model_dir: str, fields=("answer", "solut
 
     from rlsd.evaluate import evaluate
     from rlsd.tasks import get_task
-    from rlsd.teacher import default_template, teacher_prompt
+    from rlsd.teacher import with_reference
 
-    task, template = get_task(task_name), default_template(fields)
-    rows = [{**row, "teacher_prompt": teacher_prompt(row["prompt"], row, template)}
-            for row in task.make_rows(n, seed=0, split="test")]
+    task = get_task(task_name)
+    rows = with_reference(task.make_rows(n, seed=0, split="test"), fields)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    result = evaluate(model, tokenizer, rows, task.reward, prompt_column="teacher_prompt", max_new_tokens=96,
-                      progress=False)
+    result = evaluate(model, tokenizer, rows, task.reward, max_new_tokens=96, progress=False)
     return result["accuracy"]
 
 

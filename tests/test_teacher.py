@@ -90,3 +90,19 @@ def test_config_defaults_match_spec(tmp_path):
     assert config.privileged_fields == ["answer"] and "{answer}" in config.teacher_template
     assert RLSDConfig(output_dir=str(tmp_path), report_to=[], privileged_fields="answer,solution").privileged_fields == [
         "answer", "solution"]
+
+
+def test_with_reference_gives_the_teachers_prompt_and_names_a_missing_field():
+    import pytest
+
+    from rlsd.teacher import default_template, teacher_prompt, with_reference
+
+    rows = [{"prompt": [{"role": "user", "content": "Compute 2+3."}], "answer": "5", "solution": "2+3=5"},
+            {"prompt": "Compute 1+1.", "answer": "2", "solution": "1+1=2"}]
+    shown = with_reference(rows, ["answer", "solution"])
+    template = default_template(["answer", "solution"])
+    assert [r["prompt"] for r in shown] == [teacher_prompt(r["prompt"], r, template) for r in rows]
+    assert "2+3=5" in shown[0]["prompt"][-1]["content"] and shown[0]["answer"] == "5"
+    assert rows[0]["prompt"][-1]["content"] == "Compute 2+3."  # the caller's rows are not modified
+    with pytest.raises(ValueError, match="row 2 has no value in field 'hint'"):
+        with_reference([{**rows[0], "hint": "h"}, rows[1]], ["hint"])

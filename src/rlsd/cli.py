@@ -141,7 +141,12 @@ def cmd_eval(args) -> int:
     if args.limit:
         rows = rows[: args.limit]
     if args.with_reference:
-        rows = _with_reference(rows, [f.strip() for f in args.with_reference.split(",") if f.strip()])
+        from .teacher import with_reference
+
+        try:
+            rows = with_reference(rows, [f.strip() for f in args.with_reference.split(",") if f.strip()])
+        except ValueError as err:
+            raise RunError(f"--with-reference: {err}") from None
     if args.reward or reward_fn is None:
         from .rewards import get_reward
 
@@ -161,19 +166,6 @@ def cmd_eval(args) -> int:
             json.dump({"model": args.model, "metrics": metrics, "records": records}, handle, indent=2, default=str)
         print(f"rlsd eval: wrote {args.out}")
     return 0
-
-
-def _with_reference(rows: list[dict], fields: list[str]) -> list[dict]:
-    """Rows whose prompt carries `fields` as RLSD's teacher sees them (same template, same placement)."""
-    from .run import RunError
-    from .teacher import default_template, teacher_prompt
-
-    for number, row in enumerate(rows, start=1):
-        for name in fields:
-            if row.get(name) in (None, ""):
-                raise RunError(f"--with-reference: row {number} has no value in field {name!r}")
-    template = default_template(fields)
-    return [{**row, "prompt": teacher_prompt(row["prompt"], row, template)} for row in rows]
 
 
 def _table(metrics: dict) -> str:

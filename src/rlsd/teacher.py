@@ -75,6 +75,19 @@ def teacher_prompt(prompt: Prompt, row: Mapping[str, Any], template: str) -> Pro
     return messages
 
 
+def with_reference(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
+    """`rows` with each prompt as RLSD's teacher sees it: `fields` added with the default template.
+
+    Evaluating these shows whether a model can use the reference at all (ValueError if a row lacks a field).
+    """
+    for number, row in enumerate(rows, start=1):
+        for name in fields:
+            if row.get(name) in (None, ""):
+                raise ValueError(f"row {number} has no value in field {name!r}")
+    template = default_template(fields)
+    return [{**row, "prompt": teacher_prompt(row["prompt"], row, template)} for row in rows]
+
+
 def privileged_block(template: str, row: Mapping[str, Any]) -> str:
     """The text the template adds around an empty prompt: what the student must never see."""
     return render(template, "", row).strip()
