@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlsd.quickstart import quickstart_run
+from rlsd.quickstart import quickstart_run, self_teacher_accuracy
 from rlsd.report import load_metrics, series
 from rlsd.run import train
 from rlsd.tasks.warmstart import warm_start
@@ -35,25 +35,6 @@ ABLATIONS = {
     "teacher=ema": {"teacher_mode": "ema"},
     "teacher=base": {"teacher_mode": "base"},
 }
-
-
-def privileged_accuracy(task_name: str, model_dir: str, fields=("answer", "solution"), n: int = 100) -> float:
-    """Held-out greedy accuracy of a model when its prompt carries the privileged text (RLSD/OPSD's teacher view).
-
-    The self-teacher is only as useful as this: a model that does no better with the answer in its context
-    cannot tell OPSD which tokens to imitate, and RLSD can only rescale its verified-reward update.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlsd.evaluate import evaluate
-    from rlsd.tasks import get_task
-    from rlsd.teacher import with_reference
-
-    task = get_task(task_name)
-    rows = with_reference(task.make_rows(n, seed=0, split="test"), fields)
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    result = evaluate(model, tokenizer, rows, task.reward, max_new_tokens=96, progress=False)
-    return result["accuracy"]
 
 
 def heldout_curve(run_dir: Path) -> list[tuple[float, float]]:
@@ -199,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "privileged_fraction": args.privileged_fraction}))
         print(f"[{task}] student warm start: held-out accuracy {student.accuracy:.2f}", flush=True)
         diagnostics[task] = {"student_accuracy": student.accuracy, "student_params": student.num_parameters,
-                             "student_with_privileged_context": privileged_accuracy(task, student.output_dir)}
+                             "student_with_privileged_context": self_teacher_accuracy(task, student.output_dir)}
         print(f"[{task}] the same model with answer + solution in its prompt (the self-teacher's view): "
               f"{diagnostics[task]['student_with_privileged_context']:.2f}", flush=True)
         teacher_dir = None
@@ -230,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
     plot(all_curves, out / "learning.png")
     header = (f"Held-out greedy accuracy; {args.steps} RL steps; seeds {seeds}; student warm start with "
-              f"privileged_fraction={args.privileged_fraction}; this invocation took {time.perf_counter() - started:.0f}s "
+              f"privileged_fraction={args.privileged_fraction}; "
+              f"this invocation took {time.perf_counter() - started:.0f}s "
               "(runs finished earlier are reused, not rerun).\n\n")
     (out / "table.md").write_text(header + "\n".join(tables))
     print(f"wrote {out}/curves.json, learning.png, table.md")

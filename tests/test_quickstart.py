@@ -15,6 +15,9 @@ def test_quickstart_fast_writes_parseable_outputs(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert [row["algorithm"] for row in summary["runs"]] == ["rlsd", "grpo"]
     assert 0.0 <= summary["warm_start"]["accuracy"] <= 1.0
+    assert 0.0 <= summary["warm_start"]["accuracy_with_reference"] <= 1.0
+    settings = json.loads((out / "warmstart" / "warmstart.json").read_text())["settings"]
+    assert settings["privileged_fraction"] == 0.5  # the self-teacher learned to read a reference
     for row in summary["runs"]:
         assert row["first_heldout_accuracy"] is not None and row["final_heldout_accuracy"] is not None
         assert row["steps"] == summary["steps"]
@@ -27,4 +30,5 @@ def test_quickstart_fast_writes_parseable_outputs(tmp_path, capsys):
     assert (out / "warmstart" / "config.json").exists()
     text = (out / "summary.md").read_text()
     assert "| rlsd" in text and "| grpo" in text and "report/curves.png" in text
+    assert "with the reference in the prompt" in text
     assert "summary in" in capsys.readouterr().out
