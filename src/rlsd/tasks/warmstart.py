@@ -83,8 +83,9 @@ def warm_start(
     time with the reference answer and solution in the prompt (the RLSD
     teacher's template), so the tiny model learns to use a reference in its
     context, as an instruction-tuned LLM already can; held-out accuracy is
-    still measured on plain prompts. `num_threads` caps torch's CPU threads for the run (on a busy machine one
-    thread beats two spinning ones); None keeps torch's setting.
+    still measured on plain prompts. `num_threads` caps torch's CPU threads
+    for the run (on a busy machine one thread beats two spinning ones); None
+    keeps torch's setting.
     """
     from .. import tasks as registry
 
@@ -158,11 +159,10 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
                 for r in train_rows]
     num_privileged = round(s.get("privileged_fraction", 0.0) * len(train_rows))
     if num_privileged:
-        from ..teacher import default_template, teacher_prompt
+        from ..teacher import with_reference
 
-        template = default_template(("answer", "solution"))
-        examples += [{"prompt": render_prompt(teacher_prompt(r["prompt"], r, template), tokenizer),
-                      "completion": r["solution"] + tokenizer.eos_token} for r in train_rows[:num_privileged]]
+        examples += [{"prompt": render_prompt(r["prompt"], tokenizer), "completion": r["solution"] + tokenizer.eos_token}
+                     for r in with_reference(train_rows[:num_privileged], ("answer", "solution"))]
     dataset = Dataset.from_list(examples)
     low, high = s["target_accuracy"]
     history: list[dict[str, float]] = []
