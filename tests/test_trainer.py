@@ -73,7 +73,7 @@ def test_student_never_sees_privileged_tokens_but_teacher_does(tiny_model_dir, t
         ids = ids.tolist()
         return any(ids[i:i + len(marker_ids)] == marker_ids for i in range(len(ids) - len(marker_ids) + 1))
 
-    calls = []  # (inside teacher pass?, input_ids)
+    calls = []  # (inside teacher pass?, input_ids, continues a prompt's KV cache?)
     in_teacher = {"flag": False}
     original_activate = trainer.teacher.activate
 
@@ -87,16 +87,24 @@ def test_student_never_sees_privileged_tokens_but_teacher_does(tiny_model_dir, t
 
     trainer.teacher.activate = __import__("contextlib").contextmanager(activate)
     hook = trainer.model.register_forward_pre_hook(
-        lambda module, args, kwargs: calls.append((in_teacher["flag"], kwargs.get("input_ids", args[0] if args else None))),
+        lambda module, args, kwargs: calls.append((
+            in_teacher["flag"], kwargs.get("input_ids", args[0] if args else None),
+            _cached_tokens(kwargs.get("cache") or kwargs.get("past_key_values")) > 0)),
         with_kwargs=True)
     trainer.train()
     hook.remove()
 
-    teacher_calls = [ids for teacher_flag, ids in calls if teacher_flag]
-    student_calls = [ids for teacher_flag, ids in calls if not teacher_flag]
+    # The shared-prefix teacher pass reads each teacher prompt once, then runs the completions on its KV cache:
+    # those continuation calls carry the cache of a prompt forward checked here.
+    teacher_calls = [ids for teacher_flag, ids, continues in calls if teacher_flag and not continues]
+    student_calls = [ids for teacher_flag, ids, _ in calls if not teacher_flag]  # generation, loss
     assert teacher_calls and student_calls
     assert all(contains_marker(row) for ids in teacher_calls for row in ids), "every teacher row sees r"
     assert not any(contains_marker(row) for ids in student_calls for row in ids), "no student row may see r"
+
+
+def _cached_tokens(cache) -> int:
+    return 0 if cache is None else cache.get_seq_length()
 
 
 def test_privileged_text_in_the_prompt_column_is_refused(tiny_model_dir, tmp_path):

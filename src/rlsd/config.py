@@ -54,6 +54,11 @@ class RLSDConfig(GRPOConfig):
         default=None,
         metadata={"help": "Token limit for teacher prompts; longer ones lose privileged text, never completion."},
     )
+    teacher_share_prefix: bool = field(
+        default=True,
+        metadata={"help": "Read each distinct teacher prompt once and reuse its KV cache for its G completions "
+                          "(falls back to one full pass per row where it cannot apply, see rlsd.teacher_pass)."},
+    )
     distill_divergence: str = field(default="forward_kl", metadata={"help": f"OPSD/OPD signal: one of {DIVERGENCES}."})
     distill_jsd_beta: float = field(default=0.5, metadata={"help": "Mixture weight for distill_divergence='jsd'."})
     opsd_token_clip: float | None = field(default=None, metadata={"help": "Pointwise clip of each token's divergence."})

@@ -23,7 +23,7 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
-from . import credit, teacher
+from . import credit, teacher, teacher_pass
 from .config import RLSDConfig
 from .rewards import pop_reward_errors
 from .teacher_weights import TEACHER_STATE_FILE, TeacherUpdateCallback, TeacherWeights
@@ -111,6 +111,9 @@ class RLSDTrainer(GRPOTrainer):
         For RLSD, rows whose sequence advantage is 0 are skipped (left at 0): their token advantage is
         A * weight = 0 whatever the teacher says. With a 0/1 reward, all-right and all-wrong groups are common.
         Sharded engines (ZeRO-3, FSDP) need the same forward calls on every rank, so they score every row.
+        With `teacher_share_prefix`, each distinct teacher prompt is read once and its KV cache reused by its rows
+        (`teacher_pass.shared_prefix_logps`); where `teacher_pass.share_prefix_blocker` names a reason (sharded
+        engines, multimodal rows, models without a full-attention DynamicCache) the plain pass below runs instead.
         """
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         rows = torch.arange(completion_ids.size(0), device=completion_ids.device)
@@ -126,10 +129,21 @@ class RLSDTrainer(GRPOTrainer):
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
                 self.teacher.activate() as teacher_module:
-            scored, _, _ = self._get_per_token_logps_and_entropies(
-                teacher_module, input_ids, attention_mask, completion_ids.size(1), batch_size=batch_size)
+            if self._shares_teacher_prefix(teacher_module, output):
+                scored = teacher_pass.shared_prefix_logps(
+                    teacher_module, teacher_prompt_ids[rows], teacher_prompt_mask[rows], completion_ids[rows],
+                    completion_mask[rows], batch_size=batch_size, autocast=self.accelerator.autocast)
+            else:
+                scored, _, _ = self._get_per_token_logps_and_entropies(
+                    teacher_module, input_ids, attention_mask, completion_ids.size(1), batch_size=batch_size)
         logps[rows] = scored.float()
         return logps
+
+    def _shares_teacher_prefix(self, teacher_module, output) -> bool:
+        if not self.args.teacher_share_prefix:
+            return False
+        sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
+        return teacher_pass.share_prefix_blocker(teacher_module, output, sharded=sharded) is None
 
     # ---- loss ---------------------------------------------------------------------------------------------------
     @property
@@ -188,8 +202,14 @@ class RLSDTrainer(GRPOTrainer):
         mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
         student_logits = self._completion_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], inputs)
         with torch.no_grad(), self.teacher.activate() as teacher_module:
-            teacher_logits = self._completion_logits(
-                teacher_module, inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"], inputs)
+            if self._shares_teacher_prefix(teacher_module, inputs):
+                teacher_logits = teacher_pass.shared_prefix_logits(
+                    teacher_module, inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"],
+                    inputs["completion_ids"], inputs["completion_mask"], autocast=self.accelerator.autocast,
+                ) / self.temperature
+            else:
+                teacher_logits = self._completion_logits(
+                    teacher_module, inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"], inputs)
         vocab = min(student_logits.size(-1), teacher_logits.size(-1), len(self.processing_class))
         per_token = credit.distillation_divergence(
             student_logits[..., :vocab], teacher_logits[..., :vocab], kind=self.args.distill_divergence,
