@@ -8,10 +8,13 @@ from trl import GRPOConfig
 
 from .teacher import DEFAULT_LEAKAGE_PATTERNS, default_template, template_fields
 
-ALGORITHMS = ("rlsd", "grpo", "opsd", "opd")
+ALGORITHMS = ("rlsd", "grpo", "opsd", "opd", "sdpo", "grpo+opsd")
 TEACHER_MODES = ("live", "ema", "base", "snapshot")
 LAMBDA_SCHEDULES = ("constant", "linear_decay")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "sampled_token")
+TEACHER_CONTRASTS = ("none", "wrong_reference")
+# Algorithms whose teacher is the model itself shown a reference: the ones a wrong reference can be contrasted with.
+CONTRAST_ALGORITHMS = ("rlsd", "opsd", "sdpo", "grpo+opsd")
 
 
 @dataclass
@@ -20,12 +23,18 @@ class RLSDConfig(GRPOConfig):
 
     algorithm: "rlsd" (reward direction x teacher magnitude), "grpo" (plain TRL),
         "opsd" (self-distillation from the privileged teacher), "opd"
-        (distillation from an external `teacher_model`).
+        (distillation from an external `teacher_model`), "sdpo" (self-distillation
+        from a successful peer rollout, `rlsd.algorithms.sdpo`), "grpo+opsd" (GRPO
+        loss + `opsd_coef` x the OPSD divergence, `rlsd.algorithms.grpo_opsd`).
     rlsd_lambda, rlsd_lambda_schedule, rlsd_lambda_decay_steps, rlsd_eps_w: SPEC.md's
         lambda (teacher weight), its schedule and the token-weight clip range.
     teacher_mode: "live" current weights, "ema" exponential moving average,
         "base" initial weights (adapters disabled under LoRA), "snapshot"
-        refreshed every `teacher_snapshot_steps` optimizer steps.
+        refreshed every `teacher_snapshot_steps` optimizer steps. Default: "ema"
+        for sdpo (as SDPO and TRL's SDPOTrainer), "live" otherwise.
+    teacher_contrast: "wrong_reference" scores each completion a second time under
+        another row's reference and uses q_right - q_wrong as the teacher's evidence
+        (`rlsd.algorithms.contrast`); "none" (default) is the paper's method.
     privileged_fields, teacher_template: which dataset columns form the
         privileged text and how (`{prompt}`, `{answer}`, `{solution}`, any column).
     """
@@ -37,7 +46,8 @@ class RLSDConfig(GRPOConfig):
         default=None, metadata={"help": "Steps over which `linear_decay` reaches 0 (default: max_steps)."}
     )
     rlsd_eps_w: float = field(default=0.2, metadata={"help": "Clip range of the token weight, in (0, 1)."})
-    teacher_mode: str = field(default="live", metadata={"help": f"One of {TEACHER_MODES}."})
+    teacher_mode: str | None = field(
+        default=None, metadata={"help": f"One of {TEACHER_MODES}; default 'ema' for sdpo, else 'live'."})
     teacher_ema_rate: float = field(
         default=0.05, metadata={"help": "EMA teacher: teacher <- (1 - rate) * teacher + rate * student each step."}
     )
@@ -62,6 +72,22 @@ class RLSDConfig(GRPOConfig):
     distill_divergence: str = field(default="forward_kl", metadata={"help": f"OPSD/OPD signal: one of {DIVERGENCES}."})
     distill_jsd_beta: float = field(default=0.5, metadata={"help": "Mixture weight for distill_divergence='jsd'."})
     opsd_token_clip: float | None = field(default=None, metadata={"help": "Pointwise clip of each token's divergence."})
+    distill_top_k: int | None = field(
+        default=None,
+        metadata={"help": "Full-vocabulary divergences on the student's top-K tokens only (renormalised); None: all."},
+    )
+    opsd_coef: float = field(
+        default=0.1, metadata={"help": "grpo+opsd: weight of the OPSD divergence added to the GRPO loss (>= 0)."})
+    sdpo_lambda: float = field(
+        default=0.0,
+        metadata={"help": "sdpo: A = lambda * A_GRPO + (1 - lambda) * A_SDPO, in [0, 1]; 0 is pure self-distillation."},
+    )
+    sdpo_success_threshold: float = field(
+        default=1.0, metadata={"help": "sdpo: a rollout with reward >= this is a successful demonstration."})
+    sdpo_feedback_column: str | None = field(
+        default=None, metadata={"help": "sdpo: dataset column with environment feedback (e.g. an error message)."})
+    teacher_contrast: str = field(
+        default="none", metadata={"help": f"One of {TEACHER_CONTRASTS}: contrast the teacher with a wrong reference."})
     teacher_model: str | None = field(default=None, metadata={"help": "OPD: external teacher (hub id or path)."})
     opd_teacher_sees_privileged: bool = field(
         default=False, metadata={"help": "OPD: show the external teacher the privileged text too."}
@@ -95,6 +121,8 @@ class RLSDConfig(GRPOConfig):
             fail("rlsd_lambda_decay_steps", f"must be positive, got {self.rlsd_lambda_decay_steps}")
         if not 0.0 < self.rlsd_eps_w < 1.0:
             fail("rlsd_eps_w", f"must be in (0, 1), got {self.rlsd_eps_w}")
+        if self.teacher_mode is None:
+            self.teacher_mode = "ema" if self.algorithm == "sdpo" else "live"
         if self.teacher_mode not in TEACHER_MODES:
             fail("teacher_mode", f"must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")
         if not 0.0 < self.teacher_ema_rate <= 1.0:
@@ -121,13 +149,29 @@ class RLSDConfig(GRPOConfig):
             fail("opsd_token_clip", f"must be positive, got {self.opsd_token_clip}")
         if self.algorithm == "opd" and not self.teacher_model:
             fail("teacher_model", "algorithm='opd' needs an external teacher model (hub id or local path)")
+        if self.distill_top_k is not None and (isinstance(self.distill_top_k, bool) or self.distill_top_k < 1):
+            fail("distill_top_k", f"must be a positive integer or None, got {self.distill_top_k!r}")
+        if self.distill_top_k is not None and self.distill_divergence == "sampled_token":
+            fail("distill_top_k", "has no effect with distill_divergence='sampled_token'; unset one of them")
+        if not self.opsd_coef >= 0.0:
+            fail("opsd_coef", f"must be >= 0, got {self.opsd_coef}")
+        if not 0.0 <= self.sdpo_lambda <= 1.0:
+            fail("sdpo_lambda", f"must be in [0, 1], got {self.sdpo_lambda}")
+        if self.sdpo_feedback_column is not None and not str(self.sdpo_feedback_column).strip():
+            fail("sdpo_feedback_column", "must name a dataset column or be None")
+        if self.teacher_contrast not in TEACHER_CONTRASTS:
+            fail("teacher_contrast", f"must be one of {TEACHER_CONTRASTS}, got {self.teacher_contrast!r}")
+        if self.teacher_contrast != "none" and self.algorithm not in CONTRAST_ALGORITHMS:
+            fail("teacher_contrast", f"needs a self-teacher shown a reference (algorithm in {CONTRAST_ALGORITHMS}), "
+                                     f"got algorithm={self.algorithm!r}")
         if self.teacher_max_prompt_length is not None and self.teacher_max_prompt_length < 1:
             fail("teacher_max_prompt_length", f"must be positive, got {self.teacher_max_prompt_length}")
 
     @property
     def uses_privileged_teacher(self) -> bool:
         """Whether the teacher pass needs the privileged dataset columns."""
-        return self.algorithm in ("rlsd", "opsd") or (self.algorithm == "opd" and self.opd_teacher_sees_privileged)
+        return self.algorithm in ("rlsd", "opsd", "grpo+opsd") or (
+            self.algorithm == "opd" and self.opd_teacher_sees_privileged)
 
 
 def _bf16_available() -> bool:

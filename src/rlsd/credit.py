@@ -138,6 +138,7 @@ def distillation_divergence(
     kind: str = "forward_kl",
     jsd_beta: float = 0.5,
     token_clip: float | None = None,
+    top_k: int | None = None,
 ) -> torch.Tensor:
     """Per-token full-vocabulary divergence between a stop-gradient teacher and the student.
 
@@ -152,10 +153,16 @@ def distillation_divergence(
         token_clip: if set, each token's divergence is clipped pointwise at this
             value (`min(D_t, c)`): tokens beyond it stop contributing gradient, so
             a few wildly divergent (often leaked, style-only) tokens cannot dominate.
+        top_k: if set, both distributions are restricted to the student's K most
+            likely tokens at each position and renormalised there (TRL SDPO's
+            `topk_logits` without a tail bucket): O(K) instead of O(V) per token.
 
     Returns:
         (B, T) per-token divergence (>= 0). Mask and aggregate outside.
     """
+    if top_k is not None and top_k < student_logits.size(-1):
+        support = student_logits.detach().topk(top_k, dim=-1).indices
+        student_logits, teacher_logits = student_logits.gather(-1, support), teacher_logits.gather(-1, support)
     student_logp = F.log_softmax(student_logits.float(), dim=-1)
     teacher_logp = F.log_softmax(teacher_logits.detach().float(), dim=-1)
     if kind == "forward_kl":
@@ -187,3 +194,78 @@ def sampled_token_advantages(teacher_logps: torch.Tensor, student_logps: torch.T
     samples (the OPSD/OPD "sampled-token" variant). Shapes: all (B, T).
     """
     return (teacher_logps.detach() - student_logps.detach()) * mask.to(teacher_logps.dtype)
+
+
+def blended_token_advantages(
+    advantages: torch.Tensor,
+    teacher_logps: torch.Tensor,
+    baseline_logps: torch.Tensor,
+    mask: torch.Tensor,
+    teacher_rows: torch.Tensor,
+    policy_weight: float,
+    distill_weight: float,
+) -> torch.Tensor:
+    """GRPO advantage plus the sampled-token distillation signal, per token (sdpo, grpo+opsd).
+
+    ```
+    A_t = policy_weight * A + distill_weight * teacher_rows * stopgrad(q_t - b_t)
+    ```
+    with `b_t = s_old_t` (the usual sampled-token signal, see `sampled_token_advantages`)
+    or `q_wrong_t` (contrastive evidence). SDPO: `(lambda, 1 - lambda)`; GRPO+OPSD: `(1, opsd_coef)`.
+
+    Args:
+        advantages: (B,) GRPO sequence advantages.
+        teacher_logps, baseline_logps: (B, T) q_t and b_t.
+        mask: (B, T) 1 for completion tokens that count.
+        teacher_rows: (B,) 1 for rows that have a teacher context (SDPO: a demonstration), else 0.
+        policy_weight, distill_weight: the two weights (>= 0).
+
+    Returns:
+        (B, T) token advantages, zero where `mask` is 0. With `distill_weight == 0` every
+        token of a row carries exactly `policy_weight * A`.
+    """
+    mask = mask.to(advantages.dtype)
+    signal = (teacher_logps.detach() - baseline_logps.detach()).to(advantages.dtype)
+    signal = torch.where(mask.bool(), signal, torch.zeros_like(signal))  # padding may hold inf - inf
+    rows = teacher_rows.to(advantages.dtype).unsqueeze(1)
+    return (policy_weight * advantages.detach().unsqueeze(1) + distill_weight * rows * signal) * mask
+
+
+def contrastive_rlsd_token_advantages(
+    advantages: torch.Tensor,
+    right_logps: torch.Tensor,
+    wrong_logps: torch.Tensor,
+    mask: torch.Tensor,
+    lam: float = 1.0,
+    eps_w: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RLSD with contrastive teacher evidence: `delta_t = stopgrad(q_right_t - q_wrong_t)`.
+
+    `q_wrong` is the same teacher over the same completion with a *wrong* reference
+    in its prompt: a hint's style shift (shorter, more direct text) moves both terms and
+    cancels, what is left is evidence for the right answer. Everything after `delta_t`
+    is `rlsd_token_advantages` (the weight clip and `A * ((1 - lam) + lam * w_t)`), so
+    sign(A_t) == sign(A) and |A_t|/|A| in [1 - lam*eps_w, 1 + lam*eps_w] still hold.
+    A wrong reference that scores like the right one (q_wrong == q_right) gives
+    delta = 0, w = 1, A_t = A: no evidence, GRPO's uniform credit. Shapes as
+    `rlsd_token_advantages`, with `wrong_logps` (B, T) in place of `old_logps`.
+    """
+    return rlsd_token_advantages(advantages, right_logps, wrong_logps, mask, lam=lam, eps_w=eps_w)
+
+
+def contrastive_target_logits(
+    student_logits: torch.Tensor, right_logits: torch.Tensor, wrong_logits: torch.Tensor
+) -> torch.Tensor:
+    """Distillation target for contrastive OPSD/SDPO: the student tilted by the teacher's contrast.
+
+    `log p_target(v) = log pi_student(v) + log pi_right(v) - log pi_wrong(v) + const`
+    (normalise with a softmax). A token the teacher likes more under the right reference
+    than under a wrong one gains mass; with `right == wrong` the target is the student
+    itself and the divergence is 0. At the sampled token this is the full-vocabulary
+    form of the sampled-token signal `q_right_t - q_wrong_t`.
+
+    Args: (B, T, V) logits each; returns detached (B, T, V) unnormalised log-probs.
+    """
+    with torch.no_grad():
+        return (F.log_softmax(student_logits.float(), dim=-1) + F.log_softmax(right_logits.float(), dim=-1)
+                - F.log_softmax(wrong_logits.float(), dim=-1))

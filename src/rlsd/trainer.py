@@ -7,7 +7,9 @@ The RLSD step, end to end:
 3. In the loss, `credit.rlsd_token_advantages` turns the sequence advantage A and
    delta_t = q_t - s_old_t into (B, T) token advantages, and TRL's clipped surrogate
    takes them as they are (`_compute_loss`).
-`grpo` skips 2-3; `opsd`/`opd` swap step 3 for a distillation loss.
+`grpo` skips 2-3; `opsd`/`opd` swap step 3 for a distillation loss. `sdpo` and `grpo+opsd` build their
+teacher context and blend their losses in `rlsd.algorithms`; `teacher_contrast` adds a second teacher pass
+under a wrong reference (`rlsd.algorithms.contrast`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
 from . import credit, teacher, teacher_pass
+from .algorithms import BLENDED_ALGORITHMS, blend, contrast, sdpo
 from .config import RLSDConfig
 from .rewards import pop_reward_errors
 from .teacher_weights import TEACHER_STATE_FILE, TeacherUpdateCallback, TeacherWeights
@@ -49,6 +52,8 @@ class RLSDTrainer(GRPOTrainer):
 
         self._pending_token_advantages: dict[str, Any] | None = None
         self._teacher_seconds = 0.0
+        self._contrast_seconds = 0.0  # the wrong-reference teacher pass, part of _teacher_seconds
+        self._last_rewards: torch.Tensor | None = None  # (N,) summed rewards of the last generation batch
         self.teacher = None
         if args.algorithm != "grpo":
             external = None
@@ -71,6 +76,8 @@ class RLSDTrainer(GRPOTrainer):
             output["teacher_prompt_ids"], output["teacher_prompt_mask"] = teacher_ids, teacher_mask
         else:
             output["teacher_per_token_logps"] = self._teacher_logps(teacher_ids, teacher_mask, output)
+        if self.args.teacher_contrast != "none":
+            contrast.add_wrong_reference(self, inputs, output, teacher_ids, teacher_mask)
         self._log_leakage(inputs, output)
         self._teacher_seconds += time.perf_counter() - start
         return output
@@ -78,6 +85,8 @@ class RLSDTrainer(GRPOTrainer):
     def _teacher_prompt_tensors(self, inputs, output) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded teacher prompt ids: the student's prompt with the privileged text added."""
         args = self.args
+        if args.algorithm == "sdpo":  # a successful peer rollout, not the reference
+            return sdpo.teacher_prompt_tensors(self, inputs, output)
         if not args.uses_privileged_teacher:  # OPD teacher sees the plain prompt
             return output["prompt_ids"], output["prompt_mask"]
         student_prompts = [self.processing_class.decode(ids[mask.bool()]) for ids, mask in
@@ -94,14 +103,15 @@ class RLSDTrainer(GRPOTrainer):
                    padding_side="left", pad_to_multiple_of=self.pad_to_multiple_of).to(device)
         return ids, mask
 
-    def _fit_teacher_prompt(self, ids: list[int], row: dict[str, Any]) -> list[int]:
+    def _fit_teacher_prompt(self, ids: list[int], row: dict[str, Any], fields=None, template=None) -> list[int]:
         """Cut privileged text (never the prompt, never the completion) until the teacher prompt fits."""
-        limit, fields = self.args.teacher_max_prompt_length, self.args.privileged_fields
+        limit, fields = self.args.teacher_max_prompt_length, fields or self.args.privileged_fields
+        template = template or self.args.teacher_template
         for _ in range(8):
             if len(ids) <= limit:
                 return ids
             row = teacher.shorten_privileged(row, fields, overflow_chars=len(ids) - limit)
-            ids = self._tokenize_prompts([teacher.teacher_prompt(row["prompt"], row, self.args.teacher_template)])[0][0]
+            ids = self._tokenize_prompts([teacher.teacher_prompt(row["prompt"], row, template)])[0][0]
         return ids  # the prompt and template alone exceed the limit: keep them whole rather than cut the prompt
 
     @torch.no_grad()
@@ -119,6 +129,8 @@ class RLSDTrainer(GRPOTrainer):
         rows = torch.arange(completion_ids.size(0), device=completion_ids.device)
         if self.args.algorithm == "rlsd" and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             rows = output["advantages"].nonzero(as_tuple=True)[0]
+        elif "teacher_rows" in output and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            rows = output["teacher_rows"].nonzero(as_tuple=True)[0]  # SDPO: rows with a demonstration
         logps = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["teacher/rows_scored_frac"].append(rows.numel() / max(completion_ids.size(0), 1))
@@ -148,11 +160,14 @@ class RLSDTrainer(GRPOTrainer):
     # ---- loss ---------------------------------------------------------------------------------------------------
     @property
     def _distills_full_vocab(self) -> bool:
-        return self.args.algorithm in ("opsd", "opd") and self.args.distill_divergence != "sampled_token"
+        return (self.args.algorithm in ("opsd", "opd", *BLENDED_ALGORITHMS)
+                and self.args.distill_divergence != "sampled_token")
 
     def _compute_loss(self, model, inputs):
         if self.args.algorithm == "grpo":
             return super()._compute_loss(model, inputs)
+        if self._distills_full_vocab and self.args.algorithm in BLENDED_ALGORITHMS:
+            return blend.loss(self, model, inputs, super()._compute_loss)
         if self._distills_full_vocab:
             return self._distillation_loss(model, inputs)
         inputs = dict(inputs)
@@ -179,6 +194,9 @@ class RLSDTrainer(GRPOTrainer):
         """(B, T) advantages for TRL's surrogate: RLSD weights, or the sampled-token distillation signal."""
         mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
         teacher_logps = inputs["teacher_per_token_logps"]
+        if self.args.algorithm in BLENDED_ALGORITHMS:
+            return blend.token_advantages(self, inputs, old_logps)
+        old_logps = contrast.baseline_logps(inputs, old_logps)  # q_wrong with teacher_contrast, else s_old
         if self.args.algorithm in ("opsd", "opd"):
             token_adv = credit.sampled_token_advantages(teacher_logps, old_logps, mask)
             self._log_mean("distill/sampled_advantage", credit.masked_mean(token_adv, mask))
@@ -198,8 +216,10 @@ class RLSDTrainer(GRPOTrainer):
         return credit.linear_decay_lambda(args.rlsd_lambda, self.state.global_step, decay_steps)
 
     def _distillation_loss(self, model, inputs) -> torch.Tensor:
-        """OPSD/OPD: mean over completion tokens of D(teacher || student), full vocabulary."""
+        """OPSD/OPD (and the distillation term of SDPO, GRPO+OPSD): mean over completion tokens of D(teacher || student)."""
         mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        if "teacher_rows" in inputs:  # SDPO: only rows with a demonstration distil
+            mask = mask * inputs["teacher_rows"].unsqueeze(1).to(mask.dtype)
         student_logits = self._completion_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], inputs)
         with torch.no_grad(), self.teacher.activate() as teacher_module:
             if self._shares_teacher_prefix(teacher_module, inputs):
@@ -210,10 +230,12 @@ class RLSDTrainer(GRPOTrainer):
             else:
                 teacher_logits = self._completion_logits(
                     teacher_module, inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"], inputs)
+            if "teacher_wrong_prompt_ids" in inputs:
+                teacher_logits = contrast.target_logits(self, teacher_module, student_logits, teacher_logits, inputs)
         vocab = min(student_logits.size(-1), teacher_logits.size(-1), len(self.processing_class))
         per_token = credit.distillation_divergence(
             student_logits[..., :vocab], teacher_logits[..., :vocab], kind=self.args.distill_divergence,
-            jsd_beta=self.args.distill_jsd_beta, token_clip=self.args.opsd_token_clip)
+            jsd_beta=self.args.distill_jsd_beta, token_clip=self.args.opsd_token_clip, top_k=self.args.distill_top_k)
         loss = credit.masked_mean(per_token, mask)
         self._log_mean("distill/divergence", loss.detach())
         mode = "train" if self.model.training else "eval"
@@ -260,6 +282,7 @@ class RLSDTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+        self._last_rewards = rewards  # gathered over processes; SDPO picks successful peers from it
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["accuracy"].append((rewards > self.args.accuracy_threshold).float().mean().item())
         # Rewards built by rlsd.rewards score a failing sample 0 instead of raising; count those failures.
@@ -281,7 +304,10 @@ class RLSDTrainer(GRPOTrainer):
         if len(step_times) > logged_before:  # an optimizer step just ended
             if self.teacher is not None:
                 self._metrics["train"]["teacher/time_frac"].append(self._teacher_seconds / max(step_times[-1], 1e-9))
-            self._teacher_seconds = 0.0
+            if self.args.teacher_contrast != "none":
+                self._metrics["train"]["teacher/contrast_time_frac"].append(
+                    self._contrast_seconds / max(step_times[-1], 1e-9))
+            self._teacher_seconds = self._contrast_seconds = 0.0
             self._metrics["train"]["memory/peak_mb"].append(_peak_memory_mb(self.accelerator.device))
         return loss
 
