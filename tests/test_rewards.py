@@ -412,7 +412,7 @@ def test_writing_outside_the_sandbox_directory_has_no_effect(audit_hook):
     inside = "open('scratch.txt', 'w').write('fine')\nassert open('scratch.txt').read() == 'fine'"
     result = run_python_tests(code, [inside, "assert add(1, 1) == 2"], SandboxLimits(audit_hook=audit_hook))
     assert not os.path.exists(target)
-    if audit_hook:  # blocked: the solution fails
+    if audit_hook or "landlock" in result.layers:  # blocked: the solution fails
         assert result.fraction == 0.0 and result.status == "solution_error"
     else:  # as root the write lands in the sandbox's private /tmp, which vanishes with it
         assert result.fraction == 1.0

@@ -100,21 +100,31 @@ def _expose_interpreter(libc, extra: str) -> str:
     return "exposed"
 
 
-def _private_tmp(libc, workdir: str) -> None:
+def _private_tmp(libc, workdir: str, disk_mb: int) -> str:
     """Cover the world-writable directories with private, size-limited tmpfs mounts that vanish with
-    the sandbox, then bind the real working directory back. Only after mounts are private."""
-    handle = os.open(workdir, os.O_PATH)
+    the sandbox, binding back only the entries the interpreter needs (a virtual environment in /tmp),
+    then give the working directory its own tmpfs of `disk_mb` (the disk quota). Only after mounts
+    are private. Returns "quota" when the working directory got its tmpfs, else "".
+    """
     needed = _needed_paths("")
     for shared in ("/tmp", "/var/tmp", "/dev/shm"):
-        if os.path.islink(shared) or not os.path.isdir(shared):
+        if os.path.islink(shared) or not os.path.isdir(shared) or shared in needed:
             continue
-        if any(p == shared or p.startswith(shared + os.sep) for p in needed):
-            continue  # the interpreter or its libraries live there: leave it
-        libc.mount(b"tmpfs", shared.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=1777,size=16m")
-    if not os.path.isdir(workdir):
-        os.makedirs(workdir, mode=0o700)
-        libc.mount(f"/proc/self/fd/{handle}".encode(), workdir.encode(), None, MS_BIND, None)
-    os.close(handle)
+        names = {p[len(shared) + 1:].split(os.sep)[0] for p in needed if p.startswith(shared + os.sep)}
+        handles = {name: os.open(os.path.join(shared, name), os.O_PATH) for name in names}
+        if libc.mount(b"tmpfs", shared.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=1777,size=16m") != 0:
+            continue
+        for name, handle in handles.items():  # e.g. /tmp/venv: bound back, the rest of /tmp stays hidden
+            target = os.path.join(shared, name)
+            if os.path.isdir(f"/proc/self/fd/{handle}"):
+                os.mkdir(target)
+            else:
+                open(target, "w").close()
+            libc.mount(f"/proc/self/fd/{handle}".encode(), target.encode(), None, MS_BIND | MS_REC, None)
+            os.close(handle)
+    os.makedirs(workdir, mode=0o700, exist_ok=True)
+    options = f"mode=0700,size={max(1, disk_mb)}m,nr_inodes=16384".encode()
+    return "quota" if libc.mount(b"tmpfs", workdir.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0 else ""
 
 
 def _isolate(libc, job: dict) -> tuple[str, str, bool]:
@@ -123,8 +133,10 @@ def _isolate(libc, job: dict) -> tuple[str, str, bool]:
     job["private_mounts"] = False
     if libc.unshare(CLONE_NEWNS) == 0 and libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0:
         job["private_mounts"] = True
+        job["layers"].append("mountns")
         paths = _expose_interpreter(libc, job["workdir"])
-        _private_tmp(libc, job["workdir"])
+        if _private_tmp(libc, job["workdir"], job["limits"]["disk_mb"]):
+            job["layers"].append("disk_quota")
     else:
         paths = "hidden" if _blocked_dirs(job["workdir"]) else "visible"
     return net, paths, libc.unshare(CLONE_NEWPID) == 0
@@ -157,9 +169,44 @@ def _drop_privileges(job: dict, libc, pid_ns: bool) -> int:
             os.setuid(uid)
         if 0 in (os.getuid(), os.geteuid(), os.getgid(), os.getegid()):
             raise RuntimeError("could not drop root privileges")
+        job["layers"].append("uid")
     os.chdir(workdir)
     resource.setrlimit(resource.RLIMIT_AS, (lim["memory"], lim["memory"]))
     return uid
+
+
+def _load_kernel_layers():
+    """_sandbox_kernel.py from this file's directory (`python -I` cannot import the rlsd package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_kernel.py")
+    spec = importlib.util.spec_from_file_location("_rlsd_sandbox_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _confine(job: dict, kernel) -> None:
+    """The kernel layers, last step before untrusted code: no_new_privs, Landlock, then seccomp.
+
+    Each one that cannot be put in force is recorded in job["missing"] with the reason."""
+    layers, missing = job["layers"], job["missing"]
+    why = kernel.set_no_new_privs()  # Landlock and seccomp need it when not root
+    if why:
+        missing["no_new_privs"] = why
+    else:
+        layers.append("no_new_privs")
+    reads = kernel.interpreter_read_paths(job["allow_subprocess"], own_proc={"pidns", "mountns"} <= set(layers))
+    why, extras = kernel.apply_landlock(reads, [job["workdir"], *kernel.DEVICES])
+    if why:
+        missing["landlock"] = why
+    else:
+        layers += ["landlock", *extras]
+    why = kernel.apply_seccomp(job["allow_subprocess"], tuple(job["protected_pids"]))
+    if why:
+        missing["seccomp"] = why
+    else:
+        layers.append("seccomp")
 
 
 def _supervise(pid: int, timeout_s: float) -> None:
@@ -266,6 +313,8 @@ def main() -> None:
     try:
         import ctypes
 
+        kernel = _load_kernel_layers()
+        job["layers"], job["missing"] = ["rlimits"], {}
         libc = ctypes.CDLL(None, use_errno=True)
         libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
         if os.geteuid() == 0:
@@ -280,6 +329,10 @@ def main() -> None:
                 _exit(0)
             me[0] = getpid()
         uid = _drop_privileges(job, libc, pid_ns)
+        if net != "none":
+            job["layers"].append("netns")
+        if pid_ns:
+            job["layers"].append("pidns")
         sys.dont_write_bytecode = True
         import builtins
         import types
@@ -288,14 +341,22 @@ def main() -> None:
         sys.modules["solution"] = module
         namespace = module.__dict__
         namespace["__builtins__"] = builtins
+        _confine(job, kernel)
         if job["audit_hook"]:
             sys.addaudithook(_audit_hook(job["workdir"], job["allow_subprocess"]))
+            job["layers"].append("audit_hook")
+        absent = [name for name in job["require"] if name not in job["layers"]]
+        if absent:
+            reasons = "; ".join(f"{n}: {job['missing'].get(n, 'not available here')}" for n in absent)
+            raise RuntimeError(f"required sandbox layers are not in force ({reasons})")
     except BaseException as exc:  # noqa: BLE001 - reported, then exit
         report("SETUP_ERROR", repr(exc).replace("\n", " ")[:300])
         _exit(3)
-    report("READY", uid, net, paths, "pidns" if pid_ns else "nopidns")
+    report("READY", uid, net, paths, "pidns" if pid_ns else "nopidns", ",".join(job["layers"]))
+    for name, why in job["missing"].items():
+        report("MISSING", name, why.replace("\n", " ")[:200])
     steps, code = job["steps"], job["code"]
-    del job, libc
+    del job, libc, kernel
     try:
         _exec(_compile(code, "solution.py", "exec"), namespace)
     except BaseException:  # noqa: BLE001 - SystemExit included: a solution that exits passes nothing

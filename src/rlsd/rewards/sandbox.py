@@ -50,6 +50,12 @@ _fallback_uid = False  # set when fresh uids cannot be used here (e.g. rootless 
 _warned: set[str] = set()
 
 
+# every layer the child can report, outermost first (docs/datasets.md says where each one holds)
+LAYERS = ("rlimits", "netns", "mountns", "disk_quota", "pidns", "uid", "no_new_privs", "landlock", "landlock_net",
+          "landlock_signal", "seccomp", "audit_hook")  # fmt: skip
+_last_layers: tuple[str, ...] = ()
+
+
 class SandboxError(RuntimeError):
     """The sandbox itself could not be set up (not the solution's fault)."""
 
@@ -67,6 +73,15 @@ class SandboxLimits:
     allow_subprocess: bool = False
     uid: int | None = None  # as root: run as this uid instead of a fresh one (its processes are killed afterwards)
     audit_hook: bool = True  # switch off only to test the kernel-level layers on their own
+    disk_mb: int = 64  # total size of the working directory (a private tmpfs; where mount namespaces work)
+    require: tuple[str, ...] = ()  # layers that must be in force (e.g. ("seccomp", "landlock")), else SandboxError
+
+    def __post_init__(self) -> None:
+        require = (self.require,) if isinstance(self.require, str) else tuple(self.require)
+        unknown = [name for name in require if name not in LAYERS]
+        if unknown:
+            raise ValueError(f"require: unknown sandbox layer(s) {unknown}; known: {', '.join(LAYERS)}")
+        object.__setattr__(self, "require", require)
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,7 @@ class SandboxResult:
     uid: int | None = None
     network: str = ""  # netns | userns+netns | none (only the audit hook)
     seconds: float = 0.0
+    layers: tuple[str, ...] = ()  # the confinement layers that were in force (see LAYERS)
 
     @property
     def fraction(self) -> float:
@@ -149,7 +165,10 @@ def run_python_tests(code: str, tests: Any, limits: SandboxLimits = SandboxLimit
         "uid": uid,
         "allow_subprocess": limits.allow_subprocess,
         "audit_hook": limits.audit_hook,
+        "require": list(limits.require),
+        "protected_pids": [os.getpid(), os.getpgid(0)],  # the sandbox may not signal the trainer
         "limits": {
+            "disk_mb": int(limits.disk_mb),
             "cpu_s": int(cpu_s),
             "memory": int(limits.memory_mb) << 20,
             "nproc": int(limits.nproc),
@@ -244,11 +263,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
         logger.warning("sandbox child %d did not exit after SIGKILL", proc.pid)
 
 
-def _ready_info(data: bytes, nonce: str) -> tuple[int, str, str, str] | None:
-    """(uid, network, paths, pidns) from the child's first report, or None if it never got that far."""
+def _ready_info(data: bytes, nonce: str) -> tuple[int, str, str, str, tuple[str, ...]] | None:
+    """(uid, network, paths, pidns, layers) from the child's first report, or None if it never got that far."""
     head = data.split(b"\n", 1)[0].decode(errors="replace").split()
-    if len(head) >= 6 and head[0] == nonce and head[1] == "READY" and head[2].isdigit():
-        return int(head[2]), head[3], head[4], head[5]
+    if len(head) >= 7 and head[0] == nonce and head[1] == "READY" and head[2].isdigit():
+        return int(head[2]), head[3], head[4], head[5], tuple(filter(None, head[6].split(",")))
     return None
 
 
@@ -283,9 +302,12 @@ def _kill_uid_after(actual: int, uid: int) -> None:
 
 
 def _result(data: bytes, nonce: str, steps: list, total: int, timed_out: bool, seconds: float) -> SandboxResult:
+    global _last_layers
     passed: set[int] = set()
     status = "crashed"
-    uid, network, paths, _ = _ready_info(data, nonce) or (None, "", "", "")
+    uid, network, paths, _, layers = _ready_info(data, nonce) or (None, "", "", "", ())
+    if layers:
+        _last_layers = layers
     for line in data.decode(errors="replace").splitlines():
         words = line.split()
         if len(words) < 2 or words[0] != nonce:
@@ -295,6 +317,9 @@ def _result(data: bytes, nonce: str, steps: list, total: int, timed_out: bool, s
             raise SandboxError(f"could not set up the code sandbox: {' '.join(words[2:])}")
         if kind == "PASS" and words[2].isdigit() and int(words[2]) < len(steps) and steps[int(words[2])][1]:
             passed.add(int(words[2]))
+        elif kind == "MISSING" and len(words) > 2 and words[2] not in _warned:
+            _warned.add(words[2])
+            logger.warning("code sandbox: layer %r is not in force: %s", words[2], " ".join(words[3:]))
         elif kind == "SOLUTION_ERROR":
             status = "solution_error"
         elif kind == "END":
@@ -307,7 +332,21 @@ def _result(data: bytes, nonce: str, steps: list, total: int, timed_out: bool, s
     if paths == "hidden" and "paths" not in _warned:
         _warned.add("paths")
         logger.warning("code sandbox: the interpreter's directory is not readable by the sandbox uid; imports may fail")
-    return SandboxResult(len(passed), total, status, uid, network, seconds)
+    return SandboxResult(len(passed), total, status, uid, network, seconds, layers)
+
+
+def sandbox_layers(probe: bool = True) -> dict[str, float]:
+    """`rewards/sandbox_layers/<layer>` -> 1.0 (in force) or 0.0, for the trainer's metrics.
+
+    From the most recent sandboxed run in this process; with `probe` and no run yet, one
+    trivial run (~0.1 s) finds out. Empty when the sandbox cannot run here (not Linux).
+    """
+    if not _last_layers and probe and sys.platform.startswith("linux"):
+        try:
+            run_python_tests("", ["pass"], SandboxLimits(timeout_s=10))
+        except SandboxError:
+            return {}
+    return {f"rewards/sandbox_layers/{name}": float(name in _last_layers) for name in LAYERS} if _last_layers else {}
 
 
 class CodeReward:
@@ -327,6 +366,8 @@ class CodeReward:
         self.tests_column = tests_column
         self.limits = SandboxLimits(**limits)
         self.max_workers = max_workers or min(8, os.cpu_count() or 1)
+        if self.limits.require:  # fail at start-up, not as a 0 reward on every sample
+            run_python_tests("", ["pass"], self.limits)
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         if self.tests_column not in kwargs:
