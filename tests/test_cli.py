@@ -79,6 +79,8 @@ def test_train_writes_a_complete_run_directory(tiny_model_dir, tmp_path):
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert all({"step", "source", "prompt", "completion", "reward"} <= s.keys() for s in samples)
     assert {s["source"] for s in samples} == {"train", "held_out"}
+    credit = [json.loads(line) for line in (out / "credit.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in credit] == [1, 2] and credit[0]["reference"]["answer"]  # for `rlsd inspect`
     assert yaml.safe_load((out / "config.yaml").read_text())["task"] == "arithmetic"
     assert json.loads((out / "run_config.json").read_text())["algorithm"] == "rlsd"
     card = (out / "README.md").read_text()

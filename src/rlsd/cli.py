@@ -1,4 +1,4 @@
-"""`rlsd` command line: train | eval | compare | report | quickstart.
+"""`rlsd` command line: train | eval | compare | report | inspect | quickstart.
 
 Errors a user can fix (bad key, unknown reward, missing model, unwritable
 directory, bad data) print one line and exit with status 2; `--debug`
@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="curves and a Markdown summary from run directories")
     report.add_argument("run_dirs", nargs="+")
     report.add_argument("--out", default=None, help="output directory (default: the first run's report/)")
+
+    inspect = commands.add_parser("inspect", help="per-token credit page (HTML) and a PNG of one group from a run")
+    inspect.add_argument("run_dir")
+    inspect.add_argument("--step", type=int, default=None, help="only this recorded step (default: every one)")
+    inspect.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/credit.html)")
+    inspect.add_argument("--png", default=None, help="PNG of one group (default: credit_group.png beside the page)")
 
     quick = commands.add_parser("quickstart", help="a first RLSD vs GRPO run on a laptop CPU, no downloads")
     quick.add_argument("--task", default="arithmetic")
@@ -185,6 +191,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    from .credit_page import inspect
+
+    written = inspect(args.run_dir, out=args.out, step=args.step, png=args.png)
+    print(f"rlsd inspect: wrote {written['page']} and {written['png']}")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from .quickstart import run_quickstart
 
@@ -195,7 +209,7 @@ def cmd_quickstart(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "report": cmd_report,
-            "quickstart": cmd_quickstart}
+            "inspect": cmd_inspect, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -294,7 +294,26 @@ def report(run_dirs: PathLike | Sequence[PathLike], out_dir: PathLike, title: st
     summary_json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     images = [curves, *plots.values()]
     markdown = write_markdown_summary(run_dirs, out_dir / "report.md", title=title, images=images, summary=rows)
-    return {"plots": {"curves": curves, **plots}, "summary": rows, "summary_json": summary_json, "markdown": markdown}
+    credit_pages = _write_credit_pages(run_dirs, out_dir, markdown)
+    return {"plots": {"curves": curves, **plots}, "summary": rows, "summary_json": summary_json, "markdown": markdown,
+            "credit_pages": credit_pages}
+
+
+def _write_credit_pages(run_dirs: Sequence[PathLike], out_dir: Path, markdown: Path) -> list[Path]:
+    """`rlsd inspect` pages of the runs that recorded per-token credit, linked at the end of the report."""
+    from .credit_page import write_page
+    from .credit_records import CREDIT_FILE
+
+    pages = []
+    for run_dir, label in zip(run_dirs, run_labels(run_dirs)):
+        if (Path(run_dir) / CREDIT_FILE).is_file():
+            slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in label)
+            pages.append((label, write_page(run_dir, out_dir / f"credit-{slug}.html")))
+    if pages:
+        links = [f"- [{label}]({page.name})" for label, page in pages]
+        text = markdown.read_text(encoding="utf-8").rstrip() + "\n\n## Per-token credit (`rlsd inspect`)\n\n"
+        markdown.write_text(text + "\n".join(links) + "\n", encoding="utf-8")
+    return [page for _, page in pages]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

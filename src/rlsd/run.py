@@ -3,7 +3,7 @@
 The run directory holds everything a user needs afterwards:
 `config.yaml` (the resolved run), `run_config.json` (every trainer field),
 `metrics.jsonl`, TensorBoard events under `runs/`, `samples.jsonl` (sampled
-completions with rewards), HF checkpoints `checkpoint-N/` (with the EMA or
+completions with rewards), `credit.jsonl` (per-token teacher credit, read by `rlsd inspect`), HF checkpoints `checkpoint-N/` (with the EMA or
 snapshot teacher), and the final model + tokenizer + model card.
 """
 
@@ -108,6 +108,7 @@ def build_rewards(run: dict, default_reward):
 def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, extra_callbacks=()) -> PreparedRun:
     """Everything `RLSDTrainer` needs, from a run dict (`config.load_run_config`)."""
     from .callbacks import HeldOutEvalCallback, JsonlMetricsCallback
+    from .credit_records import CREDIT_FILE, CreditRecorder
     from .trainer import RLSDTrainer
 
     training = dict(run["training"])
@@ -143,6 +144,7 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
             samples_path=out / "samples.jsonl"))
     if int(run.get("samples_every") or 0) > 0:
         trainer.add_callback(SamplesCallback(trainer, out / "samples.jsonl", int(run["samples_every"])))
+        CreditRecorder(trainer, out / CREDIT_FILE, int(run["samples_every"]))  # per-token credit for `rlsd inspect`
     _write_run_files(out, run, args)
     return PreparedRun(trainer=trainer, output_dir=out, eval_rows=eval_rows, reward_fn=eval_reward)
 

@@ -25,7 +25,7 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
-from . import credit, teacher, teacher_pass
+from . import credit, credit_records, teacher, teacher_pass
 from .algorithms import BLENDED_ALGORITHMS, blend, contrast, sdpo
 from .config import RLSDConfig
 from .rewards import pop_reward_errors
@@ -66,6 +66,8 @@ class RLSDTrainer(GRPOTrainer):
     # ---- teacher pass (after generation, no grad) ---------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
+        if getattr(self, "credit_recorder", None) is not None:
+            self.credit_recorder.attach_rows(inputs, output)
         if self.args.algorithm == "grpo":
             return output
         start = time.perf_counter()
@@ -200,11 +202,15 @@ class RLSDTrainer(GRPOTrainer):
         if self.args.algorithm in ("opsd", "opd"):
             token_adv = credit.sampled_token_advantages(teacher_logps, old_logps, mask)
             self._log_mean("distill/sampled_advantage", credit.masked_mean(token_adv, mask))
+            self._record_credit(inputs, {"teacher_minus_student": token_adv}, color="teacher_minus_student")
             return token_adv
         lam = self.current_lambda
         token_adv, stats = credit.rlsd_token_advantages(
             inputs["sequence_advantages"], teacher_logps, old_logps, mask, lam=lam, eps_w=self.args.rlsd_eps_w)
         self._log_rlsd_stats(stats, lam)
+        self._record_credit(inputs, lambda: credit_records.rlsd_signals(
+            inputs["sequence_advantages"], teacher_logps, old_logps, token_adv, mask, self.args.rlsd_eps_w),
+            color="weight", center=1.0, params={"lambda": lam, "eps_w": self.args.rlsd_eps_w})
         return token_adv
 
     @property
@@ -238,6 +244,7 @@ class RLSDTrainer(GRPOTrainer):
             jsd_beta=self.args.distill_jsd_beta, token_clip=self.args.opsd_token_clip, top_k=self.args.distill_top_k)
         loss = credit.masked_mean(per_token, mask)
         self._log_mean("distill/divergence", loss.detach())
+        self._record_credit(inputs, {"divergence": per_token}, color="divergence")
         mode = "train" if self.model.training else "eval"
         return loss / (self.current_gradient_accumulation_steps if mode == "train" else 1.0)
 
@@ -274,6 +281,13 @@ class RLSDTrainer(GRPOTrainer):
         metrics["rlsd/clip_high_frac"].append(clip_high / acting)
         metrics["rlsd/adv_abs_before"].append(before / valid)
         metrics["rlsd/adv_abs_after"].append(after / valid)
+
+    def _record_credit(self, inputs, signals, **how) -> None:
+        """Per-token credit for `rlsd inspect` (see credit_records): `signals` maps names to (B, T) tensors,
+        or is a function returning that map (only called when this micro-batch holds recorded rows)."""
+        recorder = getattr(self, "credit_recorder", None)
+        if recorder is not None and inputs.get(credit_records.ROW_KEY) is not None:
+            recorder.capture(inputs, signals() if callable(signals) else signals, **how)
 
     def _log_mean(self, name: str, value: torch.Tensor) -> None:
         mode = "train" if self.model.training else "eval"

@@ -30,6 +30,8 @@ def token_advantages(trainer, inputs: dict[str, Any], old_logps: torch.Tensor) -
                                                 policy_weight, distill_weight)
     acting = mask * rows.unsqueeze(1).to(mask.dtype)
     trainer._log_mean("distill/sampled_advantage", credit.masked_mean(teacher_logps - baseline, acting))
+    trainer._record_credit(inputs, lambda: {"teacher_minus_student": (teacher_logps - baseline) * acting,
+                                            "token_advantage": token_adv}, color="teacher_minus_student")
     return token_adv
 
 
