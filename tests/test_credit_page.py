@@ -67,8 +67,9 @@ def test_stored_weights_equal_credit_recomputed_from_stored_delta(rlsd_run):
     assert checked > 0
 
 
-def test_sampled_token_opsd_records_its_signal(tiny_model_dir, tmp_path):
-    run_dir = short_run(tiny_model_dir, tmp_path, algorithm="opsd", distill_divergence="sampled_token")
+@pytest.mark.parametrize("algorithm", ["opsd", "grpo+opsd"])
+def test_sampled_token_distillation_records_its_signal(tiny_model_dir, tmp_path, algorithm):
+    run_dir = short_run(tiny_model_dir, tmp_path, algorithm=algorithm, distill_divergence="sampled_token")
     records = load_credit_records(run_dir)
     assert records and all(r["color"] == "teacher_minus_student" and r["center"] == 0.0 for r in records)
     completion = records[0]["completions"][0]
