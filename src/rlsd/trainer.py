@@ -25,7 +25,7 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
-from . import credit, credit_records, teacher, teacher_pass
+from . import agents, credit, credit_records, teacher, teacher_pass
 from .algorithms import BLENDED_ALGORITHMS, blend, contrast, sdpo
 from .config import RLSDConfig
 from .rewards import pop_reward_errors
@@ -45,8 +45,10 @@ class RLSDTrainer(GRPOTrainer):
             args = RLSDConfig(output_dir="rlsd-output")
         if not isinstance(args, RLSDConfig):
             raise TypeError(f"RLSDTrainer needs an RLSDConfig, got {type(args).__name__}")
-        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-            _check_privileged_columns(args, dataset, name)
+        agents.check_environment(kwargs.get("environment_factory"))
+        if not agents.privileged_from_environment(kwargs.get("environment_factory")):  # else checked per batch
+            for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+                _check_privileged_columns(args, dataset, name)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
 
@@ -68,6 +70,7 @@ class RLSDTrainer(GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         if getattr(self, "credit_recorder", None) is not None:
             self.credit_recorder.attach_rows(inputs, output)
+        agents.annotate_rollouts(self, output)
         if self.args.algorithm == "grpo":
             return output
         start = time.perf_counter()
@@ -87,6 +90,7 @@ class RLSDTrainer(GRPOTrainer):
     def _teacher_prompt_tensors(self, inputs, output) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded teacher prompt ids: the student's prompt with the privileged text added."""
         args = self.args
+        inputs = agents.teacher_rows(self, inputs)  # agent runs: the rolled-out prompt, environment's privileged text
         if args.algorithm == "sdpo":  # a successful peer rollout, not the reference
             return sdpo.teacher_prompt_tensors(self, inputs, output)
         if not args.uses_privileged_teacher:  # OPD teacher sees the plain prompt
@@ -159,6 +163,10 @@ class RLSDTrainer(GRPOTrainer):
         sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
         return teacher_pass.share_prefix_blocker(teacher_module, output, sharded=sharded) is None
 
+    def _generate(self, prompts):
+        self._student_prompts = agents.student_prompts(self, prompts)  # as rolled out, for the teacher prompt
+        return super()._generate(prompts)
+
     # ---- loss ---------------------------------------------------------------------------------------------------
     @property
     def _distills_full_vocab(self) -> bool:
@@ -211,6 +219,7 @@ class RLSDTrainer(GRPOTrainer):
         self._record_credit(inputs, lambda: credit_records.rlsd_signals(
             inputs["sequence_advantages"], teacher_logps, old_logps, token_adv, mask, self.args.rlsd_eps_w),
             color="weight", center=1.0, params={"lambda": lam, "eps_w": self.args.rlsd_eps_w})
+        agents.log_weight_split(self, inputs, token_adv, mask)
         return token_adv
 
     @property

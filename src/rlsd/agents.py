@@ -1,0 +1,260 @@
+"""Agents: RLSD (and every teacher-pass algorithm) over multi-turn, tool-using rollouts.
+
+TRL's `GRPOTrainer` runs the tool loop (`tools=`, `environment_factory=`): a completion is
+`agent turn, tool result, agent turn, ...` as one token sequence, and `tool_mask` is 0 on the
+tool-result tokens (with the chat-template glue around them), 1 on the agent's own tokens. What
+rlsd adds, kept here so the trainer only calls in:
+
+- **Teacher rows** (`teacher_rows`): the teacher prompt is the student's prompt exactly as it was
+  rolled out (after the environment's `reset()` observation was appended, rendered with the same tool
+  list) plus the privileged text, from dataset columns or from the environment's
+  `_privileged_context()` hook. The teacher then scores the whole multi-turn completion, tool results
+  included as context, in one forward.
+- **Credit only on agent tokens**: the trainer's loss mask is `completion_mask * tool_mask` for every
+  algorithm, so tool-result tokens get no advantage, no distillation term and no RLSD statistics.
+- **Metrics** (`annotate_rollouts`, `log_weight_split`): turns per episode, share of tool-result
+  tokens, and RLSD's mean token weight on tool-call tokens vs the agent's other (reasoning) tokens.
+- **Loaders** (`load_tools`, `load_environment`): `tools: ["my_tools.py:calculator"]` and
+  `environment: "my_env.py:MyEnv"` in a run config, with one-line errors.
+
+The privileged hook is `_privileged_context()`, with a leading underscore on purpose: TRL exposes every
+public method of an environment to the agent as a tool, so a public `privileged_context()` would let the
+agent call for the very text it must not see (`check_environment` refuses one).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+PRIVILEGED_HOOK = "_privileged_context"
+# Where a tool call starts in an agent turn, for the per-kind metrics: this package's tiny template, Qwen/Hermes
+# style, Gemma 4, Llama 3.1. Matched as token-id sequences of the marker encoded alone.
+TOOL_CALL_MARKERS = ("<call>", "<tool_call>", "<|tool_call>", "<|python_tag|>")
+
+
+# ---- pure functions: tensors in, tensors out ----------------------------------------------------------------------
+def agent_turn_counts(tool_mask: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Agent turns per completion: maximal runs of agent tokens (tool_mask 1) inside the completion.
+
+    tool_mask, completion_mask: (B, T) 0/1. Returns (B,) long.
+    """
+    agent = (tool_mask * completion_mask).bool()
+    starts = agent.clone()
+    starts[:, 1:] = agent[:, 1:] & ~agent[:, :-1]
+    return starts.sum(dim=1)
+
+
+def tool_call_token_mask(completion_ids: torch.Tensor, tool_mask: torch.Tensor, completion_mask: torch.Tensor,
+                         marker_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Which agent tokens belong to a tool call: from the first marker of a turn that a tool result follows, to
+    that turn's end. Every other agent token is reasoning/answer text.
+
+    completion_ids, tool_mask, completion_mask: (B, T). marker_ids: token-id sequences that open a tool call.
+    Returns (B, T) bool, False outside agent tokens.
+    """
+    agent = (tool_mask * completion_mask).bool().tolist()
+    tool = ((1 - tool_mask) * completion_mask).bool().tolist()
+    ids = completion_ids.tolist()
+    markers = [list(m) for m in marker_ids if len(m)]
+    out = torch.zeros(completion_ids.shape, dtype=torch.bool)
+    for row in range(len(ids)):
+        t, length = 0, len(ids[row])
+        while t < length:
+            if not agent[row][t]:
+                t += 1
+                continue
+            end = t
+            while end < length and agent[row][end]:
+                end += 1
+            if end < length and tool[row][end]:  # this turn handed over to a tool
+                first = min((s for m in markers for s in range(t, end - len(m) + 1)
+                             if ids[row][s:s + len(m)] == m), default=None)
+                if first is not None:
+                    out[row, first:end] = True
+            t = end
+    return out.to(completion_ids.device)
+
+
+def weight_split(token_advantages: torch.Tensor, sequence_advantages: torch.Tensor, agent_mask: torch.Tensor,
+                 tool_call_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums and counts of RLSD's token weight `w_t = A_t / A` on tool-call vs other agent tokens.
+
+    token_advantages, agent_mask, tool_call_mask: (B, T); sequence_advantages: (B,). Only rows with A != 0 act
+    (their weight is defined); tool-result tokens are outside `agent_mask` and never counted.
+    Returns 0-d tensors: tool_call_sum, tool_call_count, reasoning_sum, reasoning_count.
+    """
+    seq = sequence_advantages.reshape(-1, 1)
+    acting = agent_mask.bool() & (seq != 0)
+    weight = torch.where(acting, token_advantages / torch.where(seq != 0, seq, torch.ones_like(seq)), 0.0)
+    call = acting & tool_call_mask.bool()
+    reason = acting & ~tool_call_mask.bool()
+    return {"tool_call_sum": (weight * call).sum(), "tool_call_count": call.sum().float(),
+            "reasoning_sum": (weight * reason).sum(), "reasoning_count": reason.sum().float()}
+
+
+# ---- trainer glue ---------------------------------------------------------------------------------------------------
+def is_agent_run(trainer) -> bool:
+    return bool(getattr(trainer, "tools", None)) or getattr(trainer, "environment_factories", None) is not None
+
+
+def student_prompts(trainer, prompts: list) -> list | None:
+    """A copy of the prompts TRL is about to roll out (after `reset()`), for the teacher; None outside agent runs."""
+    return copy.deepcopy(prompts) if is_agent_run(trainer) else None
+
+
+def privileged_from_environment(environment_factory) -> bool:
+    """Whether some environment may supply privileged fields (then dataset columns are checked per batch)."""
+    if environment_factory is None:
+        return False
+    factories = environment_factory.values() if isinstance(environment_factory, Mapping) else [environment_factory]
+    return any(not inspect.isclass(f) or callable(getattr(f, PRIVILEGED_HOOK, None)) for f in factories)
+
+
+def check_environment(environment_factory) -> None:
+    """Refuse an environment class whose privileged hook TRL would hand to the agent as a tool."""
+    if environment_factory is None:
+        return
+    factories = environment_factory.values() if isinstance(environment_factory, Mapping) else [environment_factory]
+    for factory in factories:
+        if inspect.isclass(factory) and inspect.isfunction(getattr(factory, "privileged_context", None)):
+            raise ValueError(
+                f"environment {factory.__name__}: rename privileged_context() to {PRIVILEGED_HOOK}(); TRL exposes "
+                "every public method to the agent as a tool, so the agent could call for the privileged text")
+
+
+def teacher_rows(trainer, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows the teacher prompt is built from: in an agent run, each row's prompt is the one actually rolled out,
+    and the environment's `_privileged_context()` fills or overrides privileged fields. Other runs: `inputs`."""
+    prompts = getattr(trainer, "_student_prompts", None)
+    if not is_agent_run(trainer) or prompts is None:
+        return inputs
+    environments = getattr(trainer, "environments", None) or [None] * len(inputs)
+    fields = trainer.args.privileged_fields if trainer.args.uses_privileged_teacher else []
+    rows = []
+    for number, (row, prompt, environment) in enumerate(zip(inputs, prompts, environments, strict=True)):
+        row = {**row, "prompt": prompt}
+        hook = getattr(environment, PRIVILEGED_HOOK, None)
+        if callable(hook):
+            row.update(_privileged_fields(hook(), type(environment).__name__))
+        missing = [f for f in fields if f not in row]
+        if missing:
+            source = f" nor {type(environment).__name__}.{PRIVILEGED_HOOK}()" if environment is not None else ""
+            raise ValueError(f"RLSDConfig.privileged_fields: rollout {number} has no {missing}: neither the dataset "
+                             f"row{source} provides it")
+        rows.append(row)
+    return rows
+
+
+def _privileged_fields(value: Any, owner: str) -> dict[str, Any]:
+    """`_privileged_context()` returns a dict of privileged fields, or a string (the `solution` field)."""
+    if isinstance(value, str):
+        return {"solution": value}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if value is None:
+        return {}
+    raise TypeError(f"{owner}.{PRIVILEGED_HOOK}() must return a str or a dict of fields, got {type(value).__name__}")
+
+
+def annotate_rollouts(trainer, output: dict[str, Any]) -> None:
+    """Add `tool_call_mask` (B, T) to a multi-turn batch and log turns and tool-result share; no-op otherwise."""
+    tool_mask = output.get("tool_mask")
+    if tool_mask is None:
+        return
+    completion_mask = output["completion_mask"]
+    markers = getattr(trainer, "_tool_call_marker_ids", None)
+    if markers is None:
+        tokenizer = trainer._tokenizer
+        markers = [tokenizer(m, add_special_tokens=False)["input_ids"] for m in TOOL_CALL_MARKERS]
+        markers = [m for m in markers if m and tokenizer.unk_token_id not in m]
+        trainer._tool_call_marker_ids = markers
+    output["tool_call_mask"] = tool_call_token_mask(output["completion_ids"], tool_mask, completion_mask, markers).long()
+    tokens = completion_mask.sum().clamp(min=1)
+    _log(trainer, "agent/turns", agent_turn_counts(tool_mask, completion_mask).float().mean())
+    _log(trainer, "agent/tool_output_frac", ((1 - tool_mask) * completion_mask).sum() / tokens)
+    _log(trainer, "agent/tool_call_token_frac", output["tool_call_mask"].sum() / tokens)
+
+
+def log_weight_split(trainer, inputs: dict[str, Any], token_advantages: torch.Tensor, agent_mask: torch.Tensor) -> None:
+    """`rlsd/weight_tool_call` and `rlsd/weight_reasoning`: mean token weight per kind over all processes."""
+    kind = inputs.get("tool_call_mask")
+    if kind is None:
+        return
+    parts = weight_split(token_advantages, inputs["sequence_advantages"], agent_mask, kind)
+    local = torch.stack([parts["tool_call_sum"], parts["tool_call_count"], parts["reasoning_sum"],
+                         parts["reasoning_count"]]).float().to(trainer.accelerator.device)
+    call_sum, call_count, reason_sum, reason_count = trainer.accelerator.reduce(local, "sum").tolist()
+    metrics = trainer._metrics["train" if trainer.model.training else "eval"]
+    if call_count:
+        metrics["rlsd/weight_tool_call"].append(call_sum / call_count)
+    if reason_count:
+        metrics["rlsd/weight_reasoning"].append(reason_sum / reason_count)
+
+
+def _log(trainer, name: str, value: torch.Tensor) -> None:
+    mode = "train" if trainer.model.training else "eval"
+    value = value.detach().float().reshape(1).to(trainer.accelerator.device)
+    trainer._metrics[mode][name].append(trainer.accelerator.gather(value).mean().item())
+
+
+# ---- tools and environments by import path --------------------------------------------------------------------------
+def load_tools(specs: Sequence[str] | str | None) -> list[Callable]:
+    """`["my_tools.py:calculator", "pkg.mod:lookup"]` -> the functions, each checked for a usable tool schema."""
+    if not specs:
+        return []
+    if isinstance(specs, str):
+        specs = [s.strip() for s in specs.split(",") if s.strip()]
+    return [check_tool(_import(spec, "tools"), f"tools: {spec!r}") for spec in specs]
+
+
+def check_tool(fn: Any, where: str) -> Callable:
+    """A tool must be a function with type hints and a docstring describing its arguments (TRL builds the schema
+    the model sees from them); anything else is a one-line ValueError naming `where`."""
+    from transformers.utils import get_json_schema
+
+    if inspect.isclass(fn) or not callable(fn):
+        raise ValueError(f"{where}: a tool must be a function, got {type(fn).__name__}")
+    try:
+        get_json_schema(fn)
+    except Exception as err:  # transformers raises its own parsing exceptions
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{where}: not usable as a tool: {first}") from None
+    return fn
+
+
+def load_environment(spec: str | None):
+    """`"my_env.py:MyEnv"` -> the environment class (or factory): it needs `reset`, and its public methods must be
+    valid tools."""
+    if not spec:
+        return None
+    where = f"environment: {spec!r}"
+    factory = _import(spec, "environment")
+    if not callable(factory):
+        raise ValueError(f"{where}: expected a class or a factory function, got {type(factory).__name__}")
+    if inspect.isclass(factory):
+        if not inspect.isfunction(getattr(factory, "reset", None)):
+            raise ValueError(f"{where}: {factory.__name__} has no reset() method (TRL calls it before each rollout)")
+        check_environment(factory)
+        for name, method in inspect.getmembers(factory, predicate=inspect.isfunction):
+            if name not in ("reset", "get_reward") and not name.startswith("_"):
+                check_tool(method.__get__(object()), f"{where}: method {name}")  # bound: no `self` in the schema
+    return factory
+
+
+def _import(spec: str, what: str):
+    from .rewards.custom import RewardError, import_reward
+
+    try:
+        return import_reward(spec, what=what)
+    except RewardError as err:
+        raise ValueError(str(err)) from None
+
+
+__all__ = ["PRIVILEGED_HOOK", "TOOL_CALL_MARKERS", "agent_turn_counts", "annotate_rollouts", "check_environment",
+           "check_tool", "load_environment", "load_tools", "log_weight_split", "teacher_rows",
+           "tool_call_token_mask", "weight_split"]

@@ -1,0 +1,339 @@
+"""Agents: RLSD and the other algorithms over TRL's multi-turn tool loop (tools= and environment_factory=).
+
+Generation is scripted (a deterministic policy replaces `_generate_single_turn`, the only backend call) so that
+every rollout really calls tools; everything else is TRL's and rlsd's own code: the tool loop, tool execution and
+failure handling, `tool_mask`, parsing, the teacher pass and the losses.
+"""
+
+import random
+import re
+
+import pytest
+import torch
+from conftest import MARKER, tiny_config
+from datasets import Dataset
+
+from rlsd import RLSDTrainer, agents
+from rlsd.config import ALGORITHMS
+from rlsd.tasks.tiny import build_tiny_model
+from rlsd.tasks.tiny_tools import build_tool_tokenizer
+
+PRICES = {"pen": 13, "cup": 7, "hat": 21, "box": 4}
+
+
+def price(item: str) -> str:
+    """The unit price of an item.
+
+    Args:
+        item: the item's name
+    """
+    return str(PRICES[item])  # an unknown item raises: TRL records the error as the tool's output
+
+
+def calc(expr: str) -> str:
+    """Evaluate a product a*b.
+
+    Args:
+        expr: the product, e.g. 3*13
+    """
+    left, right = expr.split("*")
+    return str(int(left) * int(right))
+
+
+class Shop:
+    """An environment: the prices are its tool, the worked solution its privileged context."""
+
+    def reset(self, **row):
+        self.count, self.item = row["count"], row["item"]
+        return None
+
+    def price(self, item: str) -> str:
+        """The unit price of an item.
+
+        Args:
+            item: the item's name
+        """
+        return str(PRICES[item])
+
+    def _privileged_context(self):
+        return f"{MARKER} {self.item} costs {PRICES[self.item]}, so {self.count}*{PRICES[self.item]}"
+
+
+def make_rows(items=("pen", "cup", "hat", "box")):
+    rows = []
+    for i, item in enumerate(items):
+        count = i + 2
+        rows.append({"prompt": [{"role": "user", "content": f"Cost of {count} {item}?"}], "count": count,
+                     "item": item, "answer": str(count * PRICES.get(item, 0)),
+                     "solution": f"{MARKER} price({item}), then {count}*price"})
+    return rows
+
+
+def reward(prompts, completions, answer, **kwargs):
+    texts = ["\n".join(m["content"] for m in c if m["role"] == "assistant") for c in completions]
+    return [1.0 if re.search(rf"Answer: {a}\b", t) else 0.0 for t, a in zip(texts, answer)]
+
+
+class ScriptedPolicy:
+    """A seeded stand-in for `model.generate` that plays the tool protocol: look up, multiply, answer (sometimes
+    wrongly, so groups have signal). `seen` keeps every prompt it was asked to continue."""
+
+    def __init__(self, tokenizer, seed=0, use_calc=False):
+        self.tokenizer, self.rng, self.use_calc, self.seen = tokenizer, random.Random(seed), use_calc, []
+
+    def __call__(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        out = []
+        for ids in prompt_ids:
+            self.seen.append(list(ids))
+            text = self.tokenizer.decode(ids)
+            count, item = re.search(r"Cost of (\d+) (\w+)\?", text).groups()
+            results = re.findall(r"<\|im_start\|>tool\n(.*?)<\|im_end\|>", text)
+            if not results:
+                reply = f"Look up {item}.<call>price{{\"item\":\"{item}\"}}</call>"
+            elif self.use_calc and len(results) == 1 and results[0].isdigit():
+                reply = f"Multiply.<call>calc{{\"expr\":\"{count}*{results[0]}\"}}</call>"
+            else:
+                value = int(results[-1]) * (1 if self.use_calc else int(count)) if results[-1].isdigit() else 0
+                reply = f"Answer: {value + self.rng.choice([0, 0, 1])}"
+            out.append(self.tokenizer(reply + "<|im_end|>", add_special_tokens=False)["input_ids"])
+        return out, None
+
+
+@pytest.fixture(scope="module")
+def tool_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-tool-model")
+    tokenizer = build_tool_tokenizer()
+    build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def algorithm_config(algorithm, teacher_dir):
+    extra = {"opd": {"teacher_model": teacher_dir}}.get(algorithm, {})
+    return {"algorithm": algorithm, **extra}
+
+
+def agent_trainer(model_dir, tmp_path, rows=None, tools=(price,), environment=None, use_calc=False, **config):
+    config = {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 120,
+              "privileged_fields": ["answer", "solution"], "rlsd_eps_w": 0.5, **config}
+    args = tiny_config(tmp_path, **config)
+    trainer = RLSDTrainer(model=model_dir, reward_funcs=reward, args=args,
+                          train_dataset=Dataset.from_list(rows or make_rows()), tools=list(tools),
+                          environment_factory=environment)
+    trainer._generate_single_turn = ScriptedPolicy(trainer.processing_class, use_calc=use_calc)
+    return trainer
+
+
+def generation_batch(trainer, rows):
+    per_prompt = trainer.args.per_device_train_batch_size // trainer.num_generations
+    return [dict(row) for row in rows[:per_prompt] for _ in range(trainer.num_generations)]
+
+
+def contains(ids, pattern):
+    ids = list(ids)
+    return any(ids[i:i + len(pattern)] == pattern for i in range(len(ids) - len(pattern) + 1))
+
+
+# ---- the teacher pass over a multi-turn completion -----------------------------------------------------------------
+def test_teacher_scores_exactly_the_multi_turn_completion_like_a_direct_model_call(tool_model_dir, tmp_path):
+    trainer = agent_trainer(tool_model_dir, tmp_path, algorithm="rlsd")
+    calls = []
+    original = trainer._get_per_token_logps_and_entropies
+
+    def record(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        calls.append((input_ids.clone(), attention_mask.clone(), logits_to_keep))
+        return original(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+
+    trainer._get_per_token_logps_and_entropies = record
+    trainer.model.eval()
+    rows = make_rows()
+    batch = trainer._generate_and_score_completions(generation_batch(trainer, rows))
+    tool_mask, completion_ids = batch["tool_mask"], batch["completion_ids"]
+    assert (tool_mask * batch["completion_mask"] == 0).sum(dim=1).gt(0).all(), "every rollout holds a tool result"
+    scored = batch["advantages"].nonzero(as_tuple=True)[0]
+    assert scored.numel() > 0
+
+    teacher_calls = calls[-1:]  # the teacher pass is the last forward of the step
+    input_ids, attention_mask, keep = teacher_calls[0]
+    assert keep == completion_ids.size(1)
+    assert torch.equal(input_ids[:, -keep:], completion_ids[scored]), "the teacher scores the student's own tokens"
+
+    # The teacher's log-probs equal a plain forward of the model over [teacher prompt ; completion].
+    teacher_ids, teacher_mask = trainer._teacher_prompt_tensors(generation_batch(trainer, rows), batch)
+    model = trainer.model
+    for row in scored.tolist():
+        prompt = teacher_ids[row][teacher_mask[row].bool()]
+        length = int(batch["completion_mask"][row].sum())
+        completion = completion_ids[row, :length]
+        text = trainer.processing_class.decode(prompt)
+        assert "Tools: price(item)" in text and MARKER in text, "the teacher sees the tool list and the reference"
+        with torch.no_grad():
+            logits = model(torch.cat([prompt, completion]).unsqueeze(0)).logits[0, len(prompt) - 1:-1]
+        direct = torch.log_softmax(logits.float(), dim=-1).gather(1, completion.unsqueeze(1)).squeeze(1)
+        torch.testing.assert_close(batch["teacher_per_token_logps"][row, :length], direct, atol=1e-5, rtol=1e-5)
+    assert batch["teacher_per_token_logps"][batch["advantages"] == 0].abs().sum() == 0
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_tool_result_tokens_get_no_learning_signal(tool_model_dir, tiny_teacher_dir, tmp_path, algorithm):
+    trainer = agent_trainer(tool_model_dir, tmp_path, **algorithm_config(algorithm, tiny_teacher_dir))
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(generation_batch(trainer, make_rows()))
+    grads = []
+
+    def keep_grad(module, args, output):
+        if output.requires_grad:
+            output.register_hook(grads.append)
+
+    # The final norm's output at position p feeds only the prediction of token p + 1 (TRL fuses the LM head, so
+    # logits never exist as a tensor to hook).
+    handle = trainer.model.model.norm.register_forward_hook(keep_grad)
+    try:
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.compute_loss(trainer.model, batch).backward()
+    finally:
+        handle.remove()
+    assert len(grads) == 1
+    length = batch["completion_ids"].size(1)
+    per_token = grads[0][:, -length - 1:-1].abs().sum(dim=-1)  # position of the prediction of completion token t
+    tool_tokens = (1 - batch["tool_mask"]) * batch["completion_mask"]
+    agent_tokens = batch["tool_mask"] * batch["completion_mask"]
+    assert tool_tokens.sum() > 0
+    assert per_token[tool_tokens.bool()].abs().max() == 0, f"{algorithm}: tool results got a learning signal"
+    assert per_token[agent_tokens.bool()].abs().max() > 0, f"{algorithm}: the agent's own tokens got none"
+    if algorithm == "rlsd":  # its (B, T) token advantages themselves, not only TRL's masked loss
+        token_adv = trainer._token_advantages(batch, torch.zeros_like(batch["teacher_per_token_logps"]))
+        assert token_adv[tool_tokens.bool()].abs().max() == 0 and token_adv[agent_tokens.bool()].abs().max() > 0
+
+
+def test_privileged_text_reaches_every_teacher_row_and_no_agent_turn(tool_model_dir, tmp_path):
+    rows = [{k: v for k, v in row.items() if k != "solution"} for row in make_rows()]  # the env holds the solution
+    trainer = agent_trainer(tool_model_dir, tmp_path, rows=rows, tools=(), environment=Shop, algorithm="opsd",
+                            distill_divergence="sampled_token")
+    marker = trainer.processing_class(MARKER, add_special_tokens=False)["input_ids"]
+    teacher_inputs, student_inputs = [], []
+    original, activate = trainer._get_per_token_logps_and_entropies, trainer.teacher.activate
+    state = {"teacher": False}
+
+    def record(model, input_ids, *args, **kwargs):
+        (teacher_inputs if state["teacher"] else student_inputs).extend(input_ids.tolist())
+        return original(model, input_ids, *args, **kwargs)
+
+    class Flag:
+        def __enter__(self):
+            state["teacher"] = True
+            self.inner = activate()
+            return self.inner.__enter__()
+
+        def __exit__(self, *exc):
+            state["teacher"] = False
+            return self.inner.__exit__(*exc)
+
+    trainer._get_per_token_logps_and_entropies = record
+    trainer.teacher.activate = Flag
+    trainer.train()
+    policy = trainer._generate_single_turn
+    assert teacher_inputs and student_inputs and policy.seen
+    assert all(contains(ids, marker) for ids in teacher_inputs), "a teacher row lacks the privileged context"
+    assert not any(contains(ids, marker) for ids in student_inputs), "the privileged context reached the student"
+    assert not any(contains(ids, marker) for ids in policy.seen), "the privileged context reached an agent turn"
+    assert any("Look up" in trainer.processing_class.decode(ids) and "tool\n" in trainer.processing_class.decode(ids)
+               for ids in policy.seen), "the rollouts were multi-turn"
+
+
+def test_lambda_zero_equals_grpo_with_tools(tool_model_dir, tmp_path):
+    rlsd = agent_trainer(tool_model_dir, tmp_path / "a", algorithm="rlsd", rlsd_lambda=0.0)
+    grpo = agent_trainer(tool_model_dir, tmp_path / "b", algorithm="grpo")
+    rlsd.model.train()
+    batch = rlsd._generate_and_score_completions(generation_batch(rlsd, make_rows()))
+    assert batch["advantages"].abs().sum() > 0 and (batch["tool_mask"] == 0).any()
+
+    def loss_and_grads(trainer):
+        trainer.model.zero_grad()
+        trainer.current_gradient_accumulation_steps = 1
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+    loss_rlsd, grads_rlsd = loss_and_grads(rlsd)
+    loss_grpo, grads_grpo = loss_and_grads(grpo)
+    assert torch.equal(loss_rlsd, loss_grpo) and grads_rlsd.keys() == grads_grpo.keys()
+    assert all(torch.equal(grads_rlsd[n], grads_grpo[n]) for n in grads_rlsd)
+    rlsd.args.rlsd_lambda = 1.0
+    _, grads_full = loss_and_grads(rlsd)
+    assert any(not torch.equal(grads_full[n], grads_grpo[n]) for n in grads_full), "lambda=1 must differ"
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_three_training_steps_with_tools_and_an_environment(tool_model_dir, tiny_teacher_dir, tmp_path, algorithm):
+    trainer = agent_trainer(tool_model_dir, tmp_path, tools=(calc,), environment=Shop, use_calc=True, max_steps=3, max_completion_length=200,
+                            per_device_train_batch_size=4, num_generations=4,
+                            **algorithm_config(algorithm, tiny_teacher_dir))
+    trainer.train()
+    logs = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
+    assert trainer.state.global_step == 3
+    assert logs["agent/turns"] == pytest.approx(3.0), "look up, multiply, answer"
+    assert logs["tools/call_frequency"] == pytest.approx(2.0) and logs["tools/failure_frequency"] == 0
+    assert 0 < logs["agent/tool_output_frac"] < 1
+    if algorithm == "rlsd":
+        assert "rlsd/weight_tool_call" in logs and "rlsd/weight_reasoning" in logs
+        assert logs["rlsd/sign_flips"] == 0
+
+
+def test_a_raising_tool_costs_only_its_sample_and_is_counted(tool_model_dir, tmp_path):
+    rows = make_rows(("pen", "ghost", "cup", "hat"))  # price("ghost") raises KeyError
+    trainer = agent_trainer(tool_model_dir, tmp_path, rows=rows, algorithm="rlsd", per_device_train_batch_size=16,
+                            max_steps=2)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "tools/failure_frequency" in entry]
+    assert trainer.state.global_step == 2
+    assert logs[0]["tools/failure_frequency"] == pytest.approx(0.25), "one prompt of four, every generation"
+    completions = [trainer.processing_class.decode(ids) for ids in trainer._generate_single_turn.seen]
+    ghost = [c for c in completions if "ghost" in c and "tool\n" in c]
+    others = [c for c in completions if "ghost" not in c and "tool\n" in c]
+    assert ghost and all("{'error': \"'ghost'\"}" in c for c in ghost)
+    assert others and not any("error" in c for c in others)
+
+
+# ---- pure pieces and loaders ---------------------------------------------------------------------------------------
+def test_tool_call_tokens_and_turns_are_found_from_the_tool_mask():
+    # agent: "ab<c>x" | tool: "77" | agent: "ok" | pad
+    ids = torch.tensor([[1, 2, 9, 9, 5, 7, 7, 3, 4, 0]])
+    tool_mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 1, 1, 1]])
+    completion_mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 1, 0]])
+    kind = agents.tool_call_token_mask(ids, tool_mask, completion_mask, [[9, 9]])
+    assert kind.tolist() == [[False, False, True, True, True, False, False, False, False, False]]
+    assert agents.agent_turn_counts(tool_mask, completion_mask).tolist() == [2]
+    token_adv = torch.tensor([[2.0, 2.0, 3.0, 3.0, 1.0, 0.0, 0.0, 2.0, 2.0, 0.0]])
+    parts = agents.weight_split(token_adv, torch.tensor([2.0]), tool_mask * completion_mask, kind)
+    assert parts["tool_call_sum"] / parts["tool_call_count"] == pytest.approx((1.5 + 1.5 + 0.5) / 3)
+    assert parts["reasoning_sum"] / parts["reasoning_count"] == pytest.approx(1.0)
+
+
+def test_tools_and_environments_load_by_path_with_one_line_errors(tmp_path):
+    (tmp_path / "my_tools.py").write_text(
+        'def calculator(expression: str) -> str:\n    """Evaluate.\n\n    Args:\n        expression: the sum\n    """\n'
+        '    return expression\n\ndef bare(x):\n    return x\n\nVALUE = 3\n')
+    (tmp_path / "my_env.py").write_text(
+        "class Good:\n    def reset(self, **row):\n        return None\n"
+        '    def look(self, key: str) -> str:\n        """Look up.\n\n        Args:\n            key: the key\n        """\n'
+        "        return key\n\nclass NoReset:\n    pass\n\n"
+        "class Leaky:\n    def reset(self, **row):\n        return None\n"
+        "    def privileged_context(self):\n        return 'x'\n")
+    tools = agents.load_tools([f"{tmp_path}/my_tools.py:calculator"])
+    assert tools[0]("1+2") == "1+2"
+    assert agents.load_environment(f"{tmp_path}/my_env.py:Good").__name__ == "Good"
+    cases = [
+        (lambda: agents.load_tools([f"{tmp_path}/missing.py:calculator"]), "does not exist"),
+        (lambda: agents.load_tools([f"{tmp_path}/my_tools.py:nope"]), "has no function 'nope'"),
+        (lambda: agents.load_tools([f"{tmp_path}/my_tools.py:bare"]), "not usable as a tool"),
+        (lambda: agents.load_tools([f"{tmp_path}/my_tools.py:VALUE"]), "not a function"),
+        (lambda: agents.load_tools(["calculator"]), "expected"),
+        (lambda: agents.load_environment(f"{tmp_path}/my_env.py:NoReset"), "no reset()"),
+        (lambda: agents.load_environment(f"{tmp_path}/my_env.py:Leaky"), "_privileged_context"),
+    ]
+    for call, expected in cases:
+        with pytest.raises(ValueError) as err:
+            call()
+        message = str(err.value)
+        assert expected in message and "\n" not in message, message
