@@ -135,8 +135,10 @@ def contains(ids, pattern):
 
 
 # ---- the teacher pass over a multi-turn completion -----------------------------------------------------------------
-def test_teacher_scores_exactly_the_multi_turn_completion_like_a_direct_model_call(tool_model_dir, tmp_path):
-    trainer = agent_trainer(tool_model_dir, tmp_path, algorithm="rlsd")
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_teacher_scores_exactly_the_multi_turn_completion_like_a_direct_model_call(tool_model_dir, tmp_path,
+                                                                                  share_prefix):
+    trainer = agent_trainer(tool_model_dir, tmp_path, algorithm="rlsd", teacher_share_prefix=share_prefix)
     calls = []
     original = trainer._get_per_token_logps_and_entropies
 
@@ -153,10 +155,10 @@ def test_teacher_scores_exactly_the_multi_turn_completion_like_a_direct_model_ca
     scored = batch["advantages"].nonzero(as_tuple=True)[0]
     assert scored.numel() > 0
 
-    teacher_calls = calls[-1:]  # the teacher pass is the last forward of the step
-    input_ids, attention_mask, keep = teacher_calls[0]
-    assert keep == completion_ids.size(1)
-    assert torch.equal(input_ids[:, -keep:], completion_ids[scored]), "the teacher scores the student's own tokens"
+    if not share_prefix:  # the plain pass: one forward over [teacher prompt ; completion], the last of the step
+        input_ids, attention_mask, keep = calls[-1]
+        assert keep == completion_ids.size(1)
+        assert torch.equal(input_ids[:, -keep:], completion_ids[scored]), "the teacher scores the student's tokens"
 
     # The teacher's log-probs equal a plain forward of the model over [teacher prompt ; completion].
     teacher_ids, teacher_mask = trainer._teacher_prompt_tensors(generation_batch(trainer, rows), batch)
@@ -209,7 +211,7 @@ def test_tool_result_tokens_get_no_learning_signal(tool_model_dir, tiny_teacher_
 def test_privileged_text_reaches_every_teacher_row_and_no_agent_turn(tool_model_dir, tmp_path):
     rows = [{k: v for k, v in row.items() if k != "solution"} for row in make_rows()]  # the env holds the solution
     trainer = agent_trainer(tool_model_dir, tmp_path, rows=rows, tools=(), environment=Shop, algorithm="opsd",
-                            distill_divergence="sampled_token")
+                            distill_divergence="sampled_token", teacher_share_prefix=False)  # one forward to record
     marker = trainer.processing_class(MARKER, add_special_tokens=False)["input_ids"]
     teacher_inputs, student_inputs = [], []
     original, activate = trainer._get_per_token_logps_and_entropies, trainer.teacher.activate
