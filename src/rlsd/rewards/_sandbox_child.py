@@ -38,12 +38,13 @@ _AF_UNIX = 1
 _CTYPES_EVENTS = {"ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.call_function", "ctypes.cdata", "ctypes.cdata/buffer"}
 
 
-def _unshare_network(libc, as_root: bool) -> str:
-    """Put this process in a new, empty network namespace (no interfaces up: nothing to connect to)."""
+def _unshare_network(libc, as_root: bool, extra_flags: int = 0) -> str:
+    """Put this process in a new, empty network namespace (no interfaces up: nothing to connect to);
+    without root, inside a new user namespace (plus `extra_flags` namespaces) that maps our own uid."""
     if as_root:
         return "netns" if libc.unshare(CLONE_NEWNET) == 0 else "none"
     uid, gid = os.getuid(), os.getgid()
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:  # unprivileged user namespaces may be disabled
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | extra_flags) != 0:  # unprivileged user namespaces may be disabled
         return "none"
     try:  # keep our own uid/gid inside the new user namespace
         for path, text in (("/proc/self/uid_map", f"{uid} {uid} 1"), ("/proc/self/setgroups", "deny"),
@@ -142,6 +143,22 @@ def _isolate(libc, job: dict) -> tuple[str, str, bool]:
     return net, paths, libc.unshare(CLONE_NEWPID) == 0
 
 
+def _isolate_unprivileged(libc, job: dict) -> tuple[str, str, bool]:
+    """Without root, where unprivileged user namespaces are allowed: the same network, mount (private
+    /tmp, disk quota) and PID namespaces as root gets, inside a user namespace that maps only our
+    own uid (so nothing is gained on the host). Falls back to a network namespace alone."""
+    job["private_mounts"] = False
+    net = _unshare_network(libc, False, CLONE_NEWNS)
+    if net == "none":
+        return _unshare_network(libc, False), "own", False
+    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0:
+        job["private_mounts"] = True
+        job["layers"].append("mountns")
+        if _private_tmp(libc, job["workdir"], job["limits"]["disk_mb"]):
+            job["layers"].append("disk_quota")
+    return net, "own", libc.unshare(CLONE_NEWPID) == 0
+
+
 def _drop_privileges(job: dict, libc, pid_ns: bool) -> int:
     """Limits first, then (as root) a fresh uid: RLIMIT_NPROC is only enforced for non-root users."""
     import resource
@@ -153,9 +170,10 @@ def _drop_privileges(job: dict, libc, pid_ns: bool) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (lim["open_files"], lim["open_files"]))
     resource.setrlimit(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
     workdir, uid = job["workdir"], os.getuid()
+    job["own_proc"] = False
+    if pid_ns and job.get("private_mounts"):  # PID 1 of a new namespace: its own /proc, not the host's
+        job["own_proc"] = libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0
     if os.geteuid() == 0:
-        if pid_ns and job.get("private_mounts"):  # PID 1 of a new namespace: its own /proc, not the host's
-            libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
         uid = job["uid"]
         os.setgroups([])
         try:
@@ -170,6 +188,8 @@ def _drop_privileges(job: dict, libc, pid_ns: bool) -> int:
         if 0 in (os.getuid(), os.geteuid(), os.getgid(), os.getegid()):
             raise RuntimeError("could not drop root privileges")
         job["layers"].append("uid")
+    elif job.get("userns"):  # the capabilities we hold inside our own user namespace: not needed any more
+        job["kernel"].drop_capabilities()
     os.chdir(workdir)
     resource.setrlimit(resource.RLIMIT_AS, (lim["memory"], lim["memory"]))
     return uid
@@ -196,7 +216,7 @@ def _confine(job: dict, kernel) -> None:
         missing["no_new_privs"] = why
     else:
         layers.append("no_new_privs")
-    reads = kernel.interpreter_read_paths(job["allow_subprocess"], own_proc={"pidns", "mountns"} <= set(layers))
+    reads = kernel.interpreter_read_paths(job["allow_subprocess"], own_proc=job["own_proc"])
     why, extras = kernel.apply_landlock(reads, [job["workdir"], *kernel.DEVICES])
     if why:
         missing["landlock"] = why
@@ -320,7 +340,8 @@ def main() -> None:
         if os.geteuid() == 0:
             net, paths, pid_ns = _isolate(libc, job)
         else:
-            net, paths, pid_ns = _unshare_network(libc, False), "own", False
+            net, paths, pid_ns = _isolate_unprivileged(libc, job)
+            job["userns"], job["kernel"] = net == "userns+netns", kernel
         if pid_ns:
             child = os.fork()  # the child is PID 1 of the new namespace; this process supervises it
             if child:
@@ -356,6 +377,7 @@ def main() -> None:
     for name, why in job["missing"].items():
         report("MISSING", name, why.replace("\n", " ")[:200])
     steps, code = job["steps"], job["code"]
+    job.pop("kernel", None)
     del job, libc, kernel
     try:
         _exec(_compile(code, "solution.py", "exec"), namespace)

@@ -11,7 +11,6 @@ active layers and refuses to run when a required one is missing.
 
 import ctypes
 import os
-import platform
 import struct
 import sys
 
@@ -88,7 +87,7 @@ EXEC = ("execve", "execveat")
 
 
 def machine() -> str:
-    m = platform.machine().lower()
+    m = os.uname().machine.lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
 
 
@@ -191,6 +190,14 @@ def apply_seccomp(allow_exec: bool, protected_pids: tuple = ()) -> str | None:
     if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog_buf), 0, 0) != 0:
         return f"installing the seccomp filter failed: {os.strerror(ctypes.get_errno())}"
     return None
+
+
+def drop_capabilities() -> None:
+    """Empty every capability set (capset with _LINUX_CAPABILITY_VERSION_3, pid 0: this thread)."""
+    header = ctypes.create_string_buffer(struct.pack("<Ii", 0x20080522, 0), 8)
+    data = ctypes.create_string_buffer(bytes(24), 24)  # two __user_cap_data_struct, all zero
+    if _libc().capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
 
 
 # ------------------------------------------------------------------------------------------ Landlock
