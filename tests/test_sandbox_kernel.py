@@ -99,6 +99,26 @@ def test_kernel_layers_are_reported_and_can_be_required():
             run_python_tests("x = 1", ["assert x == 1"], SandboxLimits(require=("uid",)))
 
 
+def test_a_missing_layer_is_logged_once_reported_and_refused_when_required(monkeypatch, caplog):
+    from rlsd.rewards import sandbox
+
+    monkeypatch.setattr(sandbox, "_TEST_SKIP_LAYERS", frozenset({"landlock", "seccomp"}))
+    monkeypatch.setattr(sandbox, "_warned", set())
+    with caplog.at_level("WARNING", logger="rlsd.rewards"):
+        for _ in range(2):
+            result = run("x = 1", ["assert x == 1"])
+            assert result.fraction == 1.0 and not {"landlock", "seccomp"} & set(result.layers)
+    warnings = [r.getMessage() for r in caplog.records if "is not in force" in r.getMessage()]
+    assert sorted(w.split("'")[1] for w in warnings) == ["landlock", "seccomp"], warnings  # once each
+    assert sandbox_layers()["rewards/sandbox_layers/landlock"] == 0.0
+    with pytest.raises(SandboxError, match="landlock: skipped"):
+        run_python_tests("x = 1", ["assert x"], SandboxLimits(require=("seccomp", "landlock")))
+    from rlsd.rewards import get_reward
+
+    with pytest.raises(SandboxError, match="required sandbox layers"):
+        get_reward("code", require=["landlock"])  # refused when the reward is built, not per sample
+
+
 # ---------------------------------------------------------------------------------------- processes
 SPAWN_ROUTES = {
     "posix_spawn": "import os\npid = os.posix_spawn('/bin/true', ['true'], {})\n"

@@ -217,12 +217,18 @@ def _confine(job: dict, kernel) -> None:
     else:
         layers.append("no_new_privs")
     reads = kernel.interpreter_read_paths(job["allow_subprocess"], own_proc=job["own_proc"])
-    why, extras = kernel.apply_landlock(reads, [job["workdir"], *kernel.DEVICES])
+    if "landlock" in job["skip_layers"]:
+        why, extras = "skipped (the fallback test)", []
+    else:
+        why, extras = kernel.apply_landlock(reads, [job["workdir"], *kernel.DEVICES])
     if why:
         missing["landlock"] = why
     else:
         layers += ["landlock", *extras]
-    why = kernel.apply_seccomp(job["allow_subprocess"], tuple(job["protected_pids"]))
+    if "seccomp" in job["skip_layers"]:
+        why = "skipped (the fallback test)"
+    else:
+        why = kernel.apply_seccomp(job["allow_subprocess"], tuple(job["protected_pids"]))
     if why:
         missing["seccomp"] = why
     else:

@@ -54,6 +54,7 @@ _warned: set[str] = set()
 LAYERS = ("rlimits", "netns", "mountns", "disk_quota", "pidns", "uid", "no_new_privs", "landlock", "landlock_net",
           "landlock_signal", "seccomp", "audit_hook")  # fmt: skip
 _last_layers: tuple[str, ...] = ()
+_TEST_SKIP_LAYERS: frozenset[str] = frozenset()  # tests only: act as if "landlock"/"seccomp" were unavailable
 
 
 class SandboxError(RuntimeError):
@@ -166,6 +167,7 @@ def run_python_tests(code: str, tests: Any, limits: SandboxLimits = SandboxLimit
         "allow_subprocess": limits.allow_subprocess,
         "audit_hook": limits.audit_hook,
         "require": list(limits.require),
+        "skip_layers": sorted(_TEST_SKIP_LAYERS),
         "protected_pids": [os.getpid(), os.getpgid(0)],  # the sandbox may not signal the trainer
         "limits": {
             "disk_mb": int(limits.disk_mb),
