@@ -191,7 +191,7 @@ RUN_KEYS = {
     "task_eval_size": 100,
     "data": None,  # {train, eval, eval_fraction, prompt_column, answer_column, solution_column, system_prompt, ...}
     "rewards": None,  # e.g. ["math", "format:0.1", "my_rewards.py:fn:0.5"]; default: the task's reward
-    "lora": None,  # {r, lora_alpha, lora_dropout, target_modules}
+    "lora": None,  # {r, lora_alpha, lora_dropout, target_modules, language_only (VLMs: text model only)}
     "eval_every": 10,  # held-out greedy accuracy every N steps (0: never)
     "eval_max_new_tokens": None,  # default: max_completion_length
     "samples_every": 10,  # write sampled completions with rewards every N steps (0: never)

@@ -105,6 +105,23 @@ def build_rewards(run: dict, default_reward):
     return funcs, weights
 
 
+# The text model's attention and MLP projections: in LLaVA/Qwen-VL/... they sit under `language_model`, so the
+# vision tower and projector get no adapter (and, like every non-LoRA weight, stay frozen).
+LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def lora_config(spec: dict):
+    """PEFT `LoraConfig` from the run's `lora:` mapping; `language_only: true` adapts the text model of a VLM only."""
+    from peft import LoraConfig
+
+    lora = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", **spec}
+    if lora.pop("language_only", False):
+        if "target_modules" in spec:
+            raise RunError("lora.language_only sets the target modules itself: drop lora.target_modules")
+        lora["target_modules"] = LANGUAGE_MODEL_TARGETS
+    return LoraConfig(task_type="CAUSAL_LM", **lora)
+
+
 def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, extra_callbacks=()) -> PreparedRun:
     """Everything `RLSDTrainer` needs, from a run dict (`config.load_run_config`)."""
     from .callbacks import HeldOutEvalCallback, JsonlMetricsCallback
@@ -123,12 +140,7 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
     reward_funcs, weights = build_rewards(run, default_reward)
     if weights is not None:
         args.reward_weights = weights
-    peft_config = None
-    if run.get("lora"):
-        from peft import LoraConfig
-
-        lora = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", **run["lora"]}
-        peft_config = LoraConfig(task_type="CAUSAL_LM", **lora)
+    peft_config = lora_config(run["lora"]) if run.get("lora") else None
 
     callbacks = [JsonlMetricsCallback(out / "metrics.jsonl"), GracefulInterruptCallback(), *extra_callbacks]
     try:

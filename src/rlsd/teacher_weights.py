@@ -80,7 +80,7 @@ class TeacherWeights:
             copy = create_model_from_path(get_config_model_id(model.config), dtype=model.dtype)
         else:
             # A fresh module, not deepcopy: the trainer patched `forward` with a closure over the original model.
-            copy = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
+            copy = type(model)._from_config(model.config, dtype=model.dtype)  # its own class: LM or VLM
             copy.load_state_dict(model.state_dict())
             copy.to(model.device)
         return self._prepare(self._with_fused_head(copy))

@@ -20,12 +20,12 @@ import time
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, PreTrainedModel
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
-from . import agents, credit, credit_records, teacher, teacher_pass
+from . import agents, credit, credit_records, multimodal, teacher, teacher_pass
 from .algorithms import BLENDED_ALGORITHMS, blend, contrast, sdpo
 from .config import RLSDConfig
 from .rewards import pop_reward_errors
@@ -46,9 +46,10 @@ class RLSDTrainer(GRPOTrainer):
         if not isinstance(args, RLSDConfig):
             raise TypeError(f"RLSDTrainer needs an RLSDConfig, got {type(args).__name__}")
         agents.check_environment(kwargs.get("environment_factory"))
-        if not agents.privileged_from_environment(kwargs.get("environment_factory")):  # else checked per batch
-            for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if not agents.privileged_from_environment(kwargs.get("environment_factory")):  # else checked per batch
                 _check_privileged_columns(args, dataset, name)
+            multimodal.check_supported(args, dataset, name)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
 
@@ -99,25 +100,51 @@ class RLSDTrainer(GRPOTrainer):
                            zip(output["prompt_ids"], output["prompt_mask"], strict=True)]
         teacher.assert_student_blind(student_prompts, inputs, args.teacher_template)
         prompts = [teacher.teacher_prompt(row["prompt"], row, args.teacher_template) for row in inputs]
-        prompt_ids = self._tokenize_prompts(prompts)[0]
+        images = multimodal.row_images(inputs)
+        prompt_ids, token_fields = self._encode_teacher_prompts(prompts, images)
         if args.teacher_max_prompt_length is not None:
-            prompt_ids = [self._fit_teacher_prompt(ids, row) for ids, row in zip(prompt_ids, inputs, strict=True)]
+            for i, row in enumerate(inputs):
+                row_fields: dict[str, torch.Tensor] = {}
+                prompt_ids[i] = self._fit_teacher_prompt(prompt_ids[i], row, images=[images[i]] if images else None,
+                                                         token_fields_out=row_fields)
+                for key, value in row_fields.items():
+                    token_fields[key][i] = value
         device = self.accelerator.device
         ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=self._tokenizer.pad_token_id,
                   padding_side="left", pad_to_multiple_of=self.pad_to_multiple_of).to(device)
         mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0,
                    padding_side="left", pad_to_multiple_of=self.pad_to_multiple_of).to(device)
+        # Per-token multimodal fields (M-RoPE's mm_token_type_ids, ...) of the teacher's own prompt, (B, P' + C).
+        for key, value in multimodal.pad_token_fields(token_fields, ids.size(1), output["completion_ids"].size(1),
+                                                      device).items():
+            output[multimodal.TEACHER_PREFIX + key] = value
         return ids, mask
 
-    def _fit_teacher_prompt(self, ids: list[int], row: dict[str, Any], fields=None, template=None) -> list[int]:
-        """Cut privileged text (never the prompt, never the completion) until the teacher prompt fits."""
+    def _encode_teacher_prompts(self, prompts, images) -> tuple[list[list[int]], dict[str, list[torch.Tensor]]]:
+        """Token ids (and, with images, per-token multimodal fields) of teacher prompts, unpadded."""
+        if images is None:
+            return self._tokenize_prompts(prompts)[0], {}
+        return multimodal.teacher_prompt_inputs(self.processing_class, prompts, images, self.chat_template_kwargs,
+                                                self.tools or None)
+
+    def _fit_teacher_prompt(self, ids: list[int], row: dict[str, Any], fields=None, template=None, images=None,
+                            token_fields_out: dict[str, torch.Tensor] | None = None) -> list[int]:
+        """Cut privileged text (never the prompt, never the completion) until the teacher prompt fits.
+
+        With `images` (the row's), the prompt is re-encoded with them and, if it was cut, its per-token
+        multimodal fields are written to `token_fields_out`.
+        """
         limit, fields = self.args.teacher_max_prompt_length, fields or self.args.privileged_fields
         template = template or self.args.teacher_template
         for _ in range(8):
             if len(ids) <= limit:
-                return ids
+                return ids, token_fields
             row = teacher.shorten_privileged(row, fields, overflow_chars=len(ids) - limit)
-            ids = self._tokenize_prompts([teacher.teacher_prompt(row["prompt"], row, template)])[0][0]
+            encoded, row_fields = self._encode_teacher_prompts([teacher.teacher_prompt(row["prompt"], row, template)],
+                                                               images)
+            ids = encoded[0]
+            if token_fields_out is not None:
+                token_fields_out.update({key: value[0] for key, value in row_fields.items()})
         return ids  # the prompt and template alone exceed the limit: keep them whole rather than cut the prompt
 
     @torch.no_grad()
@@ -145,6 +172,8 @@ class RLSDTrainer(GRPOTrainer):
         input_ids = torch.cat([teacher_prompt_ids[rows], completion_ids[rows]], dim=1)
         attention_mask = torch.cat([teacher_prompt_mask[rows], completion_mask[rows]], dim=1)
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        # The same images as the student's, with the teacher prompt's own per-token fields, for these rows only.
+        fields = multimodal.select_rows(multimodal.teacher_forward_fields(output), rows)
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
                 self.teacher.activate() as teacher_module:
             if self._shares_teacher_prefix(teacher_module, output):
@@ -153,7 +182,8 @@ class RLSDTrainer(GRPOTrainer):
                     completion_mask[rows], batch_size=batch_size, autocast=self.accelerator.autocast)
             else:
                 scored, _, _ = self._get_per_token_logps_and_entropies(
-                    teacher_module, input_ids, attention_mask, completion_ids.size(1), batch_size=batch_size)
+                    teacher_module, input_ids, attention_mask, completion_ids.size(1), batch_size=batch_size,
+                    **fields)
         logps[rows] = scored.float()
         return logps
 
@@ -235,7 +265,8 @@ class RLSDTrainer(GRPOTrainer):
         mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
         if "teacher_rows" in inputs:  # SDPO: only rows with a demonstration distil
             mask = mask * inputs["teacher_rows"].unsqueeze(1).to(mask.dtype)
-        student_logits = self._completion_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], inputs)
+        student_logits = self._completion_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], inputs,
+                                                 multimodal.model_kwargs(inputs))
         with torch.no_grad(), self.teacher.activate() as teacher_module:
             if self._shares_teacher_prefix(teacher_module, inputs):
                 teacher_logits = teacher_pass.shared_prefix_logits(
@@ -244,10 +275,11 @@ class RLSDTrainer(GRPOTrainer):
                 ) / self.temperature
             else:
                 teacher_logits = self._completion_logits(
-                    teacher_module, inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"], inputs)
+                    teacher_module, inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"], inputs,
+                    multimodal.model_kwargs(multimodal.teacher_forward_fields(inputs)))
             if "teacher_wrong_prompt_ids" in inputs:
                 teacher_logits = contrast.target_logits(self, teacher_module, student_logits, teacher_logits, inputs)
-        vocab = min(student_logits.size(-1), teacher_logits.size(-1), len(self.processing_class))
+        vocab = min(student_logits.size(-1), teacher_logits.size(-1), len(self._tokenizer))
         per_token = credit.distillation_divergence(
             student_logits[..., :vocab], teacher_logits[..., :vocab], kind=self.args.distill_divergence,
             jsd_beta=self.args.distill_jsd_beta, token_clip=self.args.opsd_token_clip, top_k=self.args.distill_top_k)
@@ -257,13 +289,14 @@ class RLSDTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         return loss / (self.current_gradient_accumulation_steps if mode == "train" else 1.0)
 
-    def _completion_logits(self, module, prompt_ids, prompt_mask, inputs) -> torch.Tensor:
+    def _completion_logits(self, module, prompt_ids, prompt_mask, inputs, multimodal_kwargs=None) -> torch.Tensor:
+        """(B, T, V) logits of the completion tokens; `multimodal_kwargs`: pixel_values, ... for a VLM."""
         completion_ids = inputs["completion_ids"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, inputs["completion_mask"]], dim=1)
         with self.accelerator.autocast():
             logits = module(input_ids=input_ids, attention_mask=attention_mask,
-                            logits_to_keep=completion_ids.size(1) + 1).logits
+                            logits_to_keep=completion_ids.size(1) + 1, **(multimodal_kwargs or {})).logits
         return logits[:, :-1, :] / self.temperature
 
     # ---- metrics ------------------------------------------------------------------------------------------------
@@ -344,6 +377,8 @@ class RLSDTrainer(GRPOTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if model is None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            multimodal.reload_renamed_weights(self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
         path = os.path.join(resume_from_checkpoint, TEACHER_STATE_FILE)
         if self.teacher is not None and os.path.exists(path):
             self.teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -361,7 +396,8 @@ class RLSDTrainer(GRPOTrainer):
                     f"RLSDConfig.teacher_model: {teacher_model!r} uses another vocabulary than the student "
                     f"({len(teacher_tokenizer)} vs {len(self._tokenizer)} tokens); OPD needs the same tokenizer")
             student = self.accelerator.unwrap_model(self.model)
-            teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=student.dtype)
+            auto_class = AutoModelForImageTextToText if self._is_vlm else AutoModelForCausalLM
+            teacher_model = auto_class.from_pretrained(teacher_model, dtype=student.dtype)
         if teacher_model.config.get_text_config().vocab_size < len(student_vocab):
             raise ValueError(
                 f"RLSDConfig.teacher_model: the teacher's vocabulary ({teacher_model.config.get_text_config().vocab_size}"
