@@ -192,7 +192,7 @@ def test_marker_reaches_every_teacher_row_and_no_student_row_with_images(tiny_ll
 
 @pytest.mark.parametrize(("algorithm", "extra"), [
     ("rlsd", {}), ("rlsd", {"teacher_mode": "ema"}), ("rlsd", {"teacher_mode": "base"}), ("grpo", {}),
-    ("opsd", {}), ("opd", {"teacher_model": "SELF"}),
+    ("opsd", {}), ("opd", {"teacher_model": "SELF"}), ("grpo+opsd", {}),
 ])
 def test_three_training_steps_on_image_rows(algorithm, extra, tiny_llava_dir, tmp_path):
     extra = {k: (tiny_llava_dir if v == "SELF" else v) for k, v in extra.items()}
@@ -257,3 +257,8 @@ def test_lora_on_the_language_model_only_freezes_the_vision_tower(tiny_llava_dir
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "vision_tower" in n}
     trainer.train()
     assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in before)
+
+
+def test_algorithms_without_image_support_are_refused_up_front(tiny_llava_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"RLSDConfig\.algorithm='sdpo' does not support image rows"):
+        make_trainer("llava", tiny_llava_dir, tmp_path, algorithm="sdpo")

@@ -138,7 +138,7 @@ class RLSDTrainer(GRPOTrainer):
         template = template or self.args.teacher_template
         for _ in range(8):
             if len(ids) <= limit:
-                return ids, token_fields
+                return ids
             row = teacher.shorten_privileged(row, fields, overflow_chars=len(ids) - limit)
             encoded, row_fields = self._encode_teacher_prompts([teacher.teacher_prompt(row["prompt"], row, template)],
                                                                images)
