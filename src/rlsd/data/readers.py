@@ -1,0 +1,367 @@
+"""Read one source (file, saved dataset, hub dataset) into columns, never raising anything but `DatasetError`.
+
+Fast path: Arrow's own readers (`pyarrow.json`, `pyarrow.csv`, Parquet, memory-mapped saved datasets), which
+build the columns in C++ with no Python object per row. Whenever Arrow refuses a file (a bad line, a column
+whose type changes between rows, bytes that are not UTF-8, ...) the file is re-read by the exact Python path,
+which parses row by row so every problem can be named by its row; a good file never pays for that.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import json
+import lzma
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+from .problems import FORMATS, Problem, fail
+
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+TEXT_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
+MAX_OPEN_BRACKETS = 1000  # per line; deeper JSON goes to the Python parser (pyarrow crashes near 10k levels)
+SCAN_CHUNK = 1 << 20
+
+
+@dataclass
+class Source:
+    """Rows read from one source, column by column.
+
+    `columns` holds the rows that parsed: an Arrow array when the column has one type, a Python list when
+    its values mix types (they are checked one by one). `problems` are the rows that did not parse at all.
+    """
+
+    label: str
+    columns: dict[str, Any]
+    size: int
+    problems: list[Problem] = field(default_factory=list)
+    numbers: np.ndarray | None = None  # row number (as the user counts) of each parsed row; None: 1..size
+    base_dir: Path | None = None  # relative image paths start here
+    features: dict[str, Any] = field(default_factory=dict)  # `datasets` features of Arrow columns, when known
+
+    @property
+    def total(self) -> int:
+        return self.size + len(self.problems)
+
+    def number(self, index: int) -> int:
+        return int(self.numbers[index]) if self.numbers is not None else index + 1
+
+
+def from_table(table: pa.Table, label: str, features: datasets.Features | None = None, **kw) -> Source:
+    names = list(dict.fromkeys(table.column_names))
+    features = dict(features or {})
+    return Source(label, {n: table.column(n) for n in names}, table.num_rows, features=features, **kw)
+
+
+def from_rows(items: list[tuple[int, dict | Problem]], label: str, base_dir: Path | None) -> Source:
+    """Rows parsed in Python: (row number, row or problem) -> columns of Python values."""
+    rows = [(n, r) for n, r in items if isinstance(r, dict)]
+    keys = list(dict.fromkeys(k for _, r in rows for k in r))
+    columns = {str(k): [r.get(k) for _, r in rows] for k in keys}
+    problems = [r for _, r in items if isinstance(r, Problem)]
+    numbers = np.fromiter((n for n, _ in rows), dtype=np.int64, count=len(rows))
+    return Source(label, columns, len(rows), problems, numbers, base_dir)
+
+
+# ------------------------------------------------------------------------------------- python parsers
+def _bad_byte(value: Any) -> int | None:
+    """The first byte that was not UTF-8 in a decoded value (surrogateescape turns it into a surrogate)."""
+    if isinstance(value, str):
+        return next((ord(ch) - 0xDC00 for ch in value if "\udc80" <= ch <= "\udcff"), None)
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return next((b for b in map(_bad_byte, value) if b is not None), None)
+    return None
+
+
+def _utf8_problem(row: dict, label: str, number: int) -> Problem | None:
+    for key, value in row.items():
+        bad = _bad_byte(value)
+        if bad is not None:
+            return Problem(label, number, f"not valid UTF-8 (byte 0x{bad:02x}); re-save the file as UTF-8", str(key))
+    return None
+
+
+def _parse_json(text: str) -> tuple[Any, str | None]:
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        return None, "invalid JSON: nested too deeply"
+
+
+def _jsonl(text: str, label: str) -> list[tuple[int, dict | Problem]]:
+    items: list[tuple[int, dict | Problem]] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        row, why = _parse_json(line)
+        if why is None and not isinstance(row, dict):
+            why = f"expected a JSON object, got {type(row).__name__}"
+        items.append((number, Problem(label, number, why) if why else row))
+    return items
+
+
+def _json(text: str, label: str) -> list[tuple[int, dict | Problem]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # one object per line in a .json file
+            return _jsonl(text, label)
+        raise fail(f"{label}:{exc.lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise fail(label, "invalid JSON: nested too deeply") from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if "data" in data and isinstance(data["data"], list):
+            data = data["data"]
+        elif len(lists) == 1:
+            data = lists[0]
+        elif data and all(isinstance(v, list) for v in data.values()) and len({len(v) for v in data.values()}) == 1:
+            keys = list(data)
+            data = [dict(zip(keys, values)) for values in zip(*data.values())]  # column-oriented
+        else:
+            raise fail(label, "expected a JSON list of objects (or {\"data\": [...]})")
+    if not isinstance(data, list):
+        raise fail(label, f"expected a JSON list of objects, got {type(data).__name__}")
+    return [
+        (i, row if isinstance(row, dict) else Problem(label, i, f"expected a JSON object, got {type(row).__name__}"))
+        for i, row in enumerate(data, start=1)
+    ]
+
+
+def _csv(text: str, label: str, delimiter: str) -> list[tuple[int, dict | Problem]]:
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        if not reader.fieldnames:
+            raise fail(label, "no header row")
+        width = len(reader.fieldnames)
+        items: list[tuple[int, dict | Problem]] = []
+        for number, row in enumerate(reader, start=1):
+            extra = row.pop(None, None)
+            if extra is not None or any(v is None for v in row.values()):
+                got = width + len(extra or []) - sum(v is None for v in row.values())
+                items.append((number, Problem(label, number, f"has {got} fields, the header has {width}")))
+                continue
+            items.append((number, row))
+    except csv.Error as exc:  # e.g. a NUL byte, or a field over the size limit
+        raise fail(f"{label}:{reader.line_num}", f"not a readable CSV file: {exc}") from None
+    return items
+
+
+def _python_read(path: Path, label: str, fmt: str, opener) -> Source:
+    """The exact, row-by-row reader: used for .json, and when Arrow refused the file."""
+    data = _read_all(path, label, opener)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text, bad_bytes = data.decode("utf-8"), False
+    except UnicodeDecodeError:  # keep going: bad bytes are reported per row, with the field they are in
+        text, bad_bytes = data.decode("utf-8", errors="surrogateescape"), True
+    del data
+    if fmt == ".json":
+        items = _json(text, label)
+    elif fmt in (".csv", ".tsv"):
+        items = _csv(text, label, "\t" if fmt == ".tsv" else ",")
+    else:
+        items = _jsonl(text, label)
+    if bad_bytes:
+        items = [(n, (_utf8_problem(r, label, n) or r) if isinstance(r, dict) else r) for n, r in items]
+    return from_rows(items, label, path.parent)
+
+
+# ------------------------------------------------------------------------------------ streams and arrow
+def _decompress_error(label: str, suffix: str, exc: BaseException) -> Exception:
+    why = str(exc) or type(exc).__name__
+    return fail(label, f"not a readable {suffix} file ({why}): it is truncated or corrupt; re-download or re-compress it")
+
+
+def _read_all(path: Path, label: str, opener) -> bytes:
+    try:
+        if opener is None:
+            return path.read_bytes()
+        with opener(path, "rb") as fh:
+            return fh.read()
+    except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
+        raise _decompress_error(label, path.suffix, exc) from None
+    except OSError as exc:
+        if opener is not None and exc.errno is None:  # bz2/gzip raise bare OSError for bad data
+            raise _decompress_error(label, path.suffix, exc) from None
+        raise fail(label, f"cannot read: {exc.strerror or exc}") from None
+
+
+@dataclass
+class _Scan:
+    lines: int = 0
+    blank: list[int] = field(default_factory=list)
+    needs_python: bool = False  # a line Arrow's parser must not see (too deep, or not an object)
+    longest: int = 0
+
+
+def _scan_lines(path: Path, label: str, opener) -> _Scan:
+    """One streaming pass over a JSONL file: line count, blank lines, longest line, and whether any line must
+    go to the Python parser (it might nest deeper than Arrow's parser survives, or is not a JSON object).
+    Also where a truncated or corrupt archive is found."""
+    scan, carry = _Scan(), b""
+
+    def lines_of(buf: bytes, starts: np.ndarray, ends: np.ndarray) -> None:
+        lengths = ends - starts
+        if len(lengths):
+            scan.longest = max(scan.longest, int(lengths.max()))
+        for i in np.flatnonzero(lengths > MAX_OPEN_BRACKETS):
+            s, e = int(starts[i]), int(ends[i])
+            if buf.count(b"[", s, e) + buf.count(b"{", s, e) > MAX_OPEN_BRACKETS:
+                scan.needs_python = True
+        for i in np.flatnonzero(lengths < 16):
+            if not buf[int(starts[i]) : int(ends[i])].strip():
+                scan.blank.append(scan.lines + int(i) + 1)
+        data = np.frombuffer(buf, np.uint8)
+        for i in np.flatnonzero((lengths > 0) & (data[np.minimum(starts, len(buf) - 1)] != ord("{"))):
+            line = buf[int(starts[i]) : int(ends[i])].strip()
+            if line and not line.startswith(b"{"):  # pyarrow crashes on some (a first line `null`)
+                scan.needs_python = True
+
+    try:
+        with (opener or open)(path, "rb") as fh:
+            while chunk := fh.read(SCAN_CHUNK):
+                buf = carry + chunk
+                ends = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
+                if not len(ends):
+                    carry = buf
+                    continue
+                lines_of(buf, np.r_[0, ends[:-1] + 1], ends)
+                scan.lines += len(ends)
+                carry = buf[int(ends[-1]) + 1 :]
+    except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
+        raise _decompress_error(label, path.suffix, exc) from None
+    except OSError as exc:
+        if opener is not None and exc.errno is None:
+            raise _decompress_error(label, path.suffix, exc) from None
+        raise fail(label, f"cannot read: {exc.strerror or exc}") from None
+    if carry:
+        lines_of(carry, np.array([0]), np.array([len(carry)]))
+        scan.lines += 1
+    return scan
+
+
+def _has_temporal(t: pa.DataType) -> bool:
+    return "timestamp" in str(t) or "date" in str(t)
+
+
+def _arrow_jsonl(path: Path, label: str, opener) -> Source | None:
+    """JSONL through pyarrow.json, or None when the file needs the row-by-row reader."""
+    import pyarrow.json as pj
+
+    scan = _scan_lines(path, label, opener)
+    if scan.needs_python:
+        return None
+    block = max(1 << 20, scan.longest + 2)  # a row may not straddle two blocks
+
+    if scan.lines == len(scan.blank):
+        return from_rows([], label, path.parent)
+
+    def read(schema: pa.Schema | None = None) -> pa.Table:
+        parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+        options = dict(read_options=pj.ReadOptions(block_size=block), parse_options=parse)
+        try:  # streaming: one block's parse buffers at a time (about half the peak memory of read_json)
+            with opener(path, "rb") if opener else open(path, "rb") as fh:
+                return pa.Table.from_batches(list(pj.open_json(fh if opener else str(path), **options)))
+        except pa.ArrowInvalid:  # a later block has a new field or a wider type: infer over the whole file
+            with opener(path, "rb") if opener else open(path, "rb") as fh:
+                return pj.read_json(fh if opener else str(path), **options)
+
+    try:
+        table = read()
+        if any(_has_temporal(f.type) for f in table.schema):  # Arrow turns "2020-01-01" into a timestamp
+            if any(_has_temporal(f.type) and str(f.type)[:4] in ("stru", "list") for f in table.schema):
+                return None
+            strings = [pa.field(f.name, pa.string()) for f in table.schema if _has_temporal(f.type)]
+            table = read(pa.schema(strings))
+        table.validate(full=True)  # pyarrow.json does not check UTF-8; the Python reader names the bad byte
+    except Exception:  # noqa: BLE001 - any refusal: the Python reader names the row
+        return None
+    if table.num_rows != scan.lines - len(scan.blank):
+        return None
+    numbers = None
+    if scan.blank:
+        numbers = np.delete(np.arange(1, scan.lines + 1, dtype=np.int64), np.asarray(scan.blank) - 1)
+    return from_table(table, label, numbers=numbers, base_dir=path.parent)
+
+
+def _arrow_csv(path: Path, label: str, opener, delimiter: str) -> Source | None:
+    """CSV/TSV through pyarrow.csv with every column read as text (as the csv module does)."""
+    import pyarrow.csv as pc
+
+    try:
+        with (opener or open)(path, "rt", encoding="utf-8-sig", newline="") as fh:
+            names = next(csv.reader(fh, delimiter=delimiter), None)
+        if not names or len(set(names)) != len(names):
+            return None
+        with (opener or open)(path, "rb") as fh:
+            table = pc.read_csv(
+                fh if opener is not None else str(path),
+                read_options=pc.ReadOptions(block_size=4 << 20),
+                parse_options=pc.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                convert_options=pc.ConvertOptions(
+                    column_types={n: pa.string() for n in names},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+    except Exception:  # noqa: BLE001 - the Python reader names the row (or the archive problem)
+        return None
+    if table.column_names != names:
+        return None
+    return from_table(table, label, base_dir=path.parent)
+
+
+def _parquet(path: Path, label: str, opener) -> Source:
+    import pyarrow.parquet as pq
+
+    source: Any = path if opener is None else pa.BufferReader(_read_all(path, label, opener))
+    try:
+        table = pq.read_table(source)
+        features = datasets.Features.from_arrow_schema(table.schema) if table.schema.metadata else None
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
+        raise fail(label, f"not a readable Parquet file: {str(exc)[:300]}") from None
+    return from_table(table, label, features, base_dir=path.parent)
+
+
+def read_file(path: Path, label: str) -> Source:
+    """Read one file into columns, keeping each row's number as the user would count it."""
+    suffixes = [s.lower() for s in path.suffixes]
+    opener = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    if opener is not None:
+        suffixes = suffixes[:-1]
+    fmt = suffixes[-1] if suffixes else ""
+    if not path.is_file():
+        raise fail(label, "not a regular file")
+    if fmt in (".parquet", ".pq"):
+        return _parquet(path, label, opener)
+    if fmt not in TEXT_FORMATS:
+        raise fail(label, f"unknown format {fmt or '(no extension)'!r}; use {FORMATS}")
+    fast = None
+    if fmt in (".jsonl", ".ndjson"):
+        fast = _arrow_jsonl(path, label, opener)
+    elif fmt in (".csv", ".tsv"):
+        fast = _arrow_csv(path, label, opener, "\t" if fmt == ".tsv" else ",")
+    return fast if fast is not None else _python_read(path, label, fmt, opener)
+
+
+def read_dataset(ds: datasets.Dataset, label: str, base_dir: Path | None = None) -> Source:
+    """A `datasets.Dataset` as Arrow columns, without decoding (images stay encoded, nothing is copied)."""
+    try:
+        table = ds.with_format("arrow")[:]
+    except Exception as exc:  # noqa: BLE001
+        raise fail(label, f"cannot read the saved dataset: {exc}") from None
+    return from_table(table, label, ds.features, base_dir=base_dir)
