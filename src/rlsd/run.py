@@ -165,19 +165,13 @@ def train(run: dict, *, output_dir=None, resume: bool = False, extra_callbacks=(
     """Train, then save the final model, tokenizer and model card into the run directory."""
     prepared = build_trainer(run, output_dir=output_dir, extra_callbacks=extra_callbacks)
     trainer = prepared.trainer
-    if resume and not _has_checkpoint(prepared.output_dir):
-        raise RunError(f"--resume: no checkpoint-N directory in {prepared.output_dir} to resume from")
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=True if resume else None)  # True: the newest complete checkpoint
     trainer.save_model(str(prepared.output_dir))
     data = run.get("data")
     dataset_name = run.get("task") or (data.get("train") if isinstance(data, dict) else data)
     trainer.create_model_card(model_name=prepared.output_dir.name, dataset_name=str(dataset_name),
                               tags=["rlsd", trainer.args.algorithm])
     return prepared
-
-
-def _has_checkpoint(output_dir: Path) -> bool:
-    return any(p.name.startswith("checkpoint-") and p.is_dir() for p in output_dir.iterdir())
 
 
 def _write_run_files(out: Path, run: dict, args: RLSDConfig) -> None:
@@ -196,6 +190,11 @@ class SamplesCallback(TrainerCallback):
 
     def __init__(self, trainer, path: Path, every_n_steps: int, max_samples: int = 16):
         self.trainer, self.path, self.every, self.max_samples = trainer, Path(path), every_n_steps, max_samples
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from .callbacks import rewind_on_resume
+
+        rewind_on_resume(self.path, state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or state.global_step % self.every or "loss" not in (logs or {}):

@@ -29,6 +29,7 @@ from . import agents, credit, credit_records, multimodal, teacher, teacher_pass
 from .algorithms import BLENDED_ALGORITHMS, blend, contrast, sdpo
 from .config import RLSDConfig
 from .rewards import pop_reward_errors
+from . import checkpoints
 from .teacher_weights import TEACHER_STATE_FILE, TeacherUpdateCallback, TeacherWeights
 
 
@@ -367,13 +368,28 @@ class RLSDTrainer(GRPOTrainer):
             self._metrics["train"]["memory/peak_mb"].append(_peak_memory_mb(self.accelerator.device))
         return loss
 
-    # ---- checkpoints: EMA/snapshot teachers are state too ----------------------------------------------------
+    # ---- checkpoints: crash-safe (see checkpoints.py); EMA/snapshot teachers are state too ------------------
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        state = self.teacher.state_dict() if self.teacher is not None else None
-        if state is not None and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            torch.save(state, os.path.join(folder, TEACHER_STATE_FILE))
+        with checkpoints.staged_checkpoint(self, trial, log=self._log_main) as folder:
+            super()._save_checkpoint(model, trial)
+            state = self.teacher.state_dict() if self.teacher is not None else None
+            if state is not None and self.args.should_save:
+                torch.save(state, os.path.join(folder, TEACHER_STATE_FILE))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint is True:  # the newest *complete* checkpoint, not merely the newest directory
+            resume_from_checkpoint = checkpoints.find_resume_checkpoint(self.args.output_dir, log=self._log_main)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the final checkpoint (killed before the run ended): Trainer would train one step too many.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+    def _log_main(self, message: str) -> None:
+        if self.is_world_process_zero():
+            print(message, flush=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
