@@ -166,3 +166,5 @@ def test_sigkill_anywhere_then_resume_finishes_the_run_as_if_never_killed(tiny_m
     assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], rel=1e-5, abs=1e-7)
     samples = [r["step"] for r in _records(out / "samples.jsonl")]
     assert samples == [r["step"] for r in _records(ref / "samples.jsonl")], "no duplicated samples"
+    credit = [(r["step"], r["group"]) for r in _records(out / "credit.jsonl")]
+    assert credit and credit == [(r["step"], r["group"]) for r in _records(ref / "credit.jsonl")]

@@ -176,6 +176,11 @@ class CreditRecorder(TrainerCallback):
             self._meta["params"] = {k: _round(v) for k, v in params.items()}
 
     # -- write ------------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        from .callbacks import rewind_on_resume
+
+        rewind_on_resume(self.path, state)  # a resumed run records its later steps again
+
     def on_step_end(self, args, state, control, **kwargs):
         if not self._rows or not state.is_world_process_zero:
             return
