@@ -155,6 +155,33 @@ def test_no_process_creation_by_any_route(route):
     assert run(code, ["assert STARTED"], allowed).fraction == 1.0
 
 
+# _posixsubprocess.fork_exec raises no audit event: the hook never sees this one (the issue's exploit)
+DIRECT_FORK_EXEC = """import _posixsubprocess, os
+r, w = os.pipe()
+args = [[b'/bin/sh', b'-c', b'echo escaped > {target}'], [b'/bin/sh'], True, (w,), None, None,
+        -1, -1, -1, -1, -1, -1, r, w, True, False, -1, None, None, None, -1, None, False]
+try:
+    pid = _posixsubprocess.fork_exec(*args)
+except TypeError:  # a Python whose fork_exec takes no allow_vfork
+    pid = _posixsubprocess.fork_exec(*args[:-1])
+os.close(w)
+FAILED_TO_EXEC = os.read(r, 100)
+STARTED = os.waitpid(pid, 0)[1] == 0 and not FAILED_TO_EXEC
+"""
+
+
+@pytest.mark.parametrize("audit_hook", [True, False])
+def test_a_shell_started_behind_the_audit_hooks_back_does_not_run(audit_hook, outside):
+    target = outside / "escaped.txt"
+    code = DIRECT_FORK_EXEC.replace("{target}", str(target))
+    limits = SandboxLimits(timeout_s=5, nproc=8, audit_hook=audit_hook)
+    assert run_python_tests(code, ["assert STARTED"], limits).fraction == 0.0
+    assert not target.exists()
+    # the payload itself works: with subprocesses allowed the shell starts (its write outside stays blocked)
+    allowed = SandboxLimits(timeout_s=5, nproc=8, audit_hook=audit_hook, allow_subprocess=True)
+    assert run_python_tests(code.replace(str(target), "inside.txt"), ["assert STARTED"], allowed).fraction == 1.0
+
+
 # ---------------------------------------------------------------------------------------- files
 @needs_landlock
 def test_no_writes_or_deletes_outside_the_directory(outside):
