@@ -195,6 +195,7 @@ RUN_KEYS = {
     "eval_every": 10,  # held-out greedy accuracy every N steps (0: never)
     "eval_max_new_tokens": None,  # default: max_completion_length
     "samples_every": 10,  # write sampled completions with rewards every N steps (0: never)
+    "wandb_mode": None,  # online | offline | disabled (sets WANDB_MODE) for report_to: [wandb]
     "training": None,
 }
 

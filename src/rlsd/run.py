@@ -126,6 +126,7 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
     """Everything `RLSDTrainer` needs, from a run dict (`config.load_run_config`)."""
     from .callbacks import HeldOutEvalCallback, JsonlMetricsCallback
     from .credit_records import CREDIT_FILE, CreditRecorder
+    from .trackers import prepare_environment
     from .trainer import RLSDTrainer
 
     training = dict(run["training"])
@@ -133,6 +134,7 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
     training["output_dir"] = str(out)
     training.setdefault("logging_steps", 1)
     training.setdefault("report_to", ["tensorboard"])
+    prepare_environment(training["report_to"], out, run.get("wandb_mode"))
     args = RLSDConfig(**training)
     model = check_model_path(run.get("model"))
 

@@ -25,7 +25,7 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
-from . import agents, credit, credit_records, multimodal, teacher, teacher_pass
+from . import agents, credit, credit_records, multimodal, teacher, teacher_pass, trackers
 from .algorithms import BLENDED_ALGORITHMS, blend, contrast, sdpo
 from .config import RLSDConfig
 from .rewards import pop_reward_errors
@@ -53,6 +53,7 @@ class RLSDTrainer(GRPOTrainer):
             multimodal.check_supported(args, dataset, name)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        trackers.use_plain_metric_names(self)  # trackio/W&B get the metric names of metrics.jsonl
 
         self._pending_token_advantages: dict[str, Any] | None = None
         self._teacher_seconds = 0.0
