@@ -1,14 +1,20 @@
-"""Learning curves: GRPO vs RLSD vs OPSD vs OPD from one warm-started checkpoint, several seeds, equal budgets.
+"""Learning curves: RLSD against its baselines from warm-started checkpoints, several seeds, equal budgets.
 
-    python benchmarks/learning.py --quick                 # CI smoke: 1 task, grpo+rlsd, 1 seed, a few steps
-    python benchmarks/learning.py                         # 2 tasks x 4 algorithms x 3 seeds
-    python benchmarks/learning.py --ablation              # RLSD's open choices (SPEC.md) on the first task
-    python benchmarks/learning.py --privileged-fraction 0.5 --out ...   # a student that can read a reference
+    python benchmarks/learning.py --quick          # CI smoke: arithmetic, grpo/rlsd/sdpo/grpo+opsd, 1 seed, 3 steps
+    python benchmarks/learning.py                  # 2 tasks x grpo,rlsd,opsd,opd x 3 seeds, one warm start
+    python benchmarks/learning.py --full           # issue 15's design: see FULL below (hours on a GPU)
+    python benchmarks/learning.py --ablation       # RLSD's open choices (SPEC.md) on the first task
+    python benchmarks/learning.py --tasks chain --algorithms grpo,rlsd,rlsd+contrast --warm-starts 0,1 \\
+        --seeds 0,1,2,3,4 --eval-size 500 --out ...
 
 Every run uses the quickstart recipe (`rlsd.quickstart.quickstart_run`): same checkpoint, seed, data order,
-rollouts and steps; only `algorithm` (or the ablated field) differs. OPD's teacher is a larger tiny model
-with the same tokenizer, warm-started further on the same task. Finished runs are reused, so an interrupted
-benchmark continues where it stopped. Outputs: `curves.json`, `learning.png`, `table.md` in `--out`.
+rollouts and steps; only the variant differs. A variant is an algorithm (rlsd, grpo, opsd, opd, sdpo, grpo+opsd)
+or `X+contrast` (teacher_contrast=wrong_reference). `--warm-starts` lists SFT seeds: each gives a separately
+warm-started student (a different checkpoint inside the accuracy band), and every variant x seed runs from
+each, so the result does not rest on one starting point. OPD's teacher is a larger tiny model with the same
+tokenizer, warm-started further on the same task. Finished runs are reused, so an interrupted benchmark
+continues where it stopped. Outputs in `--out`: `runs.json` (every run's curve and teacher statistics),
+`curves.json`, `summary.json` (means, 95% intervals, paired differences), `learning.png`, `table.md`.
 """
 
 from __future__ import annotations
@@ -21,10 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-from rlsd.quickstart import quickstart_run, self_teacher_accuracy
-from rlsd.report import load_metrics, series
-from rlsd.run import train
-from rlsd.tasks.warmstart import warm_start
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from learning_stats import mean_curve, paired_differences, summarize, task_markdown  # noqa: E402
+
+from rlsd.config import algorithm_variant  # noqa: E402
+from rlsd.quickstart import quickstart_run, self_teacher_accuracy  # noqa: E402
+from rlsd.report import load_metrics, series  # noqa: E402
+from rlsd.run import train  # noqa: E402
+from rlsd.tasks.warmstart import warm_start  # noqa: E402
 
 ABLATIONS = {
     "rlsd": {},
@@ -34,7 +45,20 @@ ABLATIONS = {
     "eps_w=0.5": {"rlsd_eps_w": 0.5},
     "teacher=ema": {"teacher_mode": "ema"},
     "teacher=base": {"teacher_mode": "base"},
+    "contrast": {"teacher_contrast": "wrong_reference"},
 }
+# Issue 15's design: the long-horizon task with every self-teacher method, the short task with rlsd vs grpo;
+# 5 RL seeds from each of 2 warm starts (SFT seeds 0 and 1), 500 held-out problems, reference-aware students.
+FULL = {
+    "plan": {"chain": "grpo,rlsd,opsd,sdpo,grpo+opsd,rlsd+contrast", "arithmetic": "grpo,rlsd"},
+    "seeds": "0,1,2,3,4", "warm_starts": "0,1", "eval_size": 500, "privileged_fraction": 0.5, "steps": 100,
+    "out": "benchmarks/results/learning-full",
+}
+# Metrics averaged over training for the "what did the teacher's weights do" table.
+TEACHER_METRICS = ("rlsd/delta_mean", "rlsd/delta_std", "rlsd/weight_mean", "rlsd/clip_low_frac",
+                   "rlsd/clip_high_frac", "teacher/time_frac", "teacher/contrast_time_frac", "contrast/rows_frac",
+                   "distill/divergence", "distill/sampled_advantage", "sdpo/peer_demo_frac",
+                   "sdpo/reference_fallback_frac")
 
 
 def heldout_curve(run_dir: Path) -> list[tuple[float, float]]:
@@ -42,109 +66,66 @@ def heldout_curve(run_dir: Path) -> list[tuple[float, float]]:
     return list(zip(steps, values))
 
 
-def run_once(run: dict, out: Path) -> list[tuple[float, float]]:
+def training_means(run_dir: Path) -> dict[str, float]:
+    records = load_metrics(run_dir)
+    out = {}
+    for name in TEACHER_METRICS:
+        _, values = series(records, name)
+        if values:
+            out[name] = statistics.mean(values)
+    return out
+
+
+def run_once(run: dict, out: Path) -> tuple[list[tuple[float, float]], dict[str, float]]:
     done = out / "DONE"
     if not done.exists():
         train(run, output_dir=out)
         done.write_text("ok\n")
-    return heldout_curve(out)
+    return heldout_curve(out), training_means(out)
 
 
-def mean_curve(curves: list[list[tuple[float, float]]]) -> list[tuple[float, float, float, float]]:
-    """(step, mean, min, max) over seeds, at the steps every seed logged."""
-    by_step: dict[float, list[float]] = {}
-    for curve in curves:
-        for step, value in curve:
-            by_step.setdefault(step, []).append(value)
-    return [(s, statistics.mean(v), min(v), max(v)) for s, v in sorted(by_step.items()) if len(v) == len(curves)]
+def variants_from(names: str, ablation: bool) -> dict[str, tuple[str, dict]]:
+    if ablation:
+        return {name: ("rlsd", fields) for name, fields in ABLATIONS.items()}
+    return {name: algorithm_variant(name) for name in names.split(",") if name.strip()}
 
 
-def steps_to_reach(curve: list[tuple[float, float, float, float]], target: float) -> float | None:
-    return next((step for step, mean, _, _ in curve if mean >= target - 1e-9), None)
-
-
-def summarize(curves: dict[str, list[list[tuple[float, float]]]], baseline: str = "grpo") -> list[dict]:
-    means = {name: mean_curve(c) for name, c in curves.items()}
-    target = means[baseline][-1][1] if baseline in means and means[baseline] else None
-    rows = []
-    for name, seeds in curves.items():
-        finals = [c[-1][1] for c in seeds if c]
-        bests = [max(v for _, v in c) for c in seeds if c]
-        # Means over a stretch of the curve are less noisy than its last point.
-        lates = [statistics.mean(v for step, v in c if step >= 0.6 * c[-1][0]) for c in seeds if c]
-        overall = [statistics.mean(v for step, v in c if step > 0) for c in seeds if c and c[-1][0] > 0]
-        reach = steps_to_reach(means[name], target) if target is not None else None
-        base_reach = steps_to_reach(means[baseline], target) if target is not None else None
-        rows.append({
-            "algorithm": name, "seeds": len(seeds),
-            "start": means[name][0][1] if means[name] else None,
-            "final_mean": statistics.mean(finals) if finals else None,
-            "final_std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
-            "best_mean": statistics.mean(bests) if bests else None,
-            "late_mean": statistics.mean(lates) if lates else None,
-            "all_mean": statistics.mean(overall) if overall else None,
-            "steps_to_grpo_final": reach,
-            "steps_ratio_vs_grpo": (reach / base_reach) if reach and base_reach else None,
-        })
-    return rows
-
-
-def table_markdown(task: str, rows: list[dict], diagnostics: dict | None = None, baseline: str = "grpo") -> str:
-    def fmt(v, spec=".3f"):
-        return "—" if v is None else format(v, spec)
-
-    notes = []
-    if diagnostics:
-        notes.append(f"Student ({diagnostics['student_params'] / 1e6:.2f}M params) after warm start: "
-                     f"{diagnostics['student_accuracy']:.2f}; the same model with answer + solution in its prompt "
-                     f"(the self-teacher's view): {diagnostics['student_with_privileged_context']:.2f}.")
-        if "opd_teacher_accuracy" in diagnostics:
-            notes.append(f"OPD teacher ({diagnostics['opd_teacher_params'] / 1e6:.2f}M params, "
-                         f"{diagnostics['opd_teacher_sft_steps']} SFT steps): "
-                         f"{diagnostics['opd_teacher_accuracy']:.2f}.")
-    header = ("| algorithm | seeds | held-out acc. at start | final (mean ± std) | best (mean) "
-              "| last 40% of steps (mean) | all steps after 0 (mean) "
-              f"| steps to {baseline}'s final | ratio vs {baseline} |")
-    lines = [f"### {task}", "", *([" ".join(notes), ""] if notes else []), header,
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        lines.append(f"| {r['algorithm']} | {r['seeds']} | {fmt(r['start'])} | {fmt(r['final_mean'])} ± "
-                     f"{fmt(r['final_std'])} | {fmt(r['best_mean'])} | {fmt(r['late_mean'])} | {fmt(r['all_mean'])} "
-                     f"| {fmt(r['steps_to_grpo_final'], '.0f')} "
-                     f"| {fmt(r['steps_ratio_vs_grpo'], '.2f')} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(all_curves: dict[str, dict[str, list]], out_png: Path) -> None:
+def plot(panels: dict[str, dict[str, list]], out_png: Path) -> None:
+    """One panel per (task, warm start): mean curve and min-max band over seeds for each variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(all_curves), figsize=(6 * len(all_curves), 4), squeeze=False)
-    for ax, (task, curves) in zip(axes[0], all_curves.items()):
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels.items()):
         for name, seeds in curves.items():
             curve = mean_curve(seeds)
             if not curve:
                 continue
             steps, mean, low, high = zip(*curve)
             ax.plot(steps, mean, label=f"{name} ({len(seeds)} seeds)")
-            ax.fill_between(steps, low, high, alpha=0.2)
-        ax.set_title(f"{task}: held-out accuracy (mean, min-max over seeds)")
+            ax.fill_between(steps, low, high, alpha=0.15)
+        ax.set_title(f"{title}: held-out accuracy (mean, min-max)", fontsize=9)
         ax.set_xlabel("RL step")
         ax.set_ylabel("greedy accuracy")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="arithmetic,linear")
-    parser.add_argument("--algorithms", default="grpo,rlsd,opsd,opd")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--algorithms", default="grpo,rlsd,opsd,opd",
+                        help="variants: rlsd, grpo, opsd, opd, sdpo, grpo+opsd, X+contrast")
+    parser.add_argument("--teacher-contrast", choices=("none", "wrong_reference"), default="none",
+                        help="apply this teacher_contrast to every variant that has a self-teacher")
+    parser.add_argument("--seeds", default="0,1,2", help="RL seeds (data order, sampling)")
+    parser.add_argument("--warm-starts", default="0", help="SFT seeds: one warm-started student per seed")
+    parser.add_argument("--eval-size", type=int, default=100, help="held-out problems per evaluation")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--teacher-steps", type=int, default=1500,
                         help="OPD teacher's SFT steps (step-budgeted so a busy machine does not weaken it)")
@@ -152,37 +133,47 @@ def main(argv: list[str] | None = None) -> int:
                         help="warm start also on this share of rows with the reference in the prompt, so the tiny "
                              "model can use privileged context (as instruction-tuned LLMs can); 0: plain SFT")
     parser.add_argument("--student-budget-s", type=float, default=150.0,
-                        help="student warm-start time limit (it stops earlier once in the 0.3-0.5 accuracy band)")
+                        help="student warm-start time limit (it stops earlier once in the accuracy band)")
+    parser.add_argument("--band", default="0.3,0.5", help="warm-start target band of held-out accuracy")
     parser.add_argument("--ablation", action="store_true", help="RLSD variants instead of algorithms (first task)")
-    parser.add_argument("--quick", action="store_true", help="smoke: 1 task, grpo+rlsd, 1 seed, 4 steps")
+    parser.add_argument("--quick", action="store_true", help="smoke: arithmetic, 4 variants, 1 seed, 3 steps")
+    parser.add_argument("--full", action="store_true", help="issue 15's full design (FULL in this file)")
     parser.add_argument("--out", default="benchmarks/results/learning")
     args = parser.parse_args(argv)
+    args.plan = None
+    if args.full:
+        args.plan, args.seeds, args.warm_starts = FULL["plan"], FULL["seeds"], FULL["warm_starts"]
+        args.eval_size, args.privileged_fraction, args.steps = FULL["eval_size"], FULL["privileged_fraction"], FULL["steps"]
+        args.student_budget_s = max(args.student_budget_s, 1800.0)
+        args.out = args.out if args.out != "benchmarks/results/learning" else FULL["out"]
     if args.quick:
-        args.tasks, args.algorithms, args.seeds, args.steps = "arithmetic", "grpo,rlsd", "0", 4
+        args.tasks, args.algorithms, args.seeds, args.steps = "arithmetic", "grpo,rlsd,sdpo,grpo+opsd", "0", 3
+        args.eval_size = 32
         args.out = args.out if args.out != "benchmarks/results/learning" else "benchmarks/results/learning-quick"
-    tasks = [t for t in args.tasks.split(",") if t]
+    if args.plan is None:
+        tasks = [t for t in args.tasks.split(",") if t]
+        args.plan = {t: args.algorithms for t in (tasks[:1] if args.ablation else tasks)}
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    variants = {name: ("rlsd", fields) for name, fields in ABLATIONS.items()} if args.ablation else \
-        {name: (name, {}) for name in args.algorithms.split(",") if name}
-    if args.ablation:
-        tasks = tasks[:1]
+    sft_seeds = [int(s) for s in args.warm_starts.split(",") if s]
+    band = tuple(float(x) for x in args.band.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    all_curves: dict[str, dict[str, list]] = {}
-    diagnostics: dict[str, dict] = {}
-    tables = []
-    for task in tasks:
-        student = warm_start(task, out / f"warmstart-{task}", seed=0, progress=not args.quick,
-                             **({"time_budget_s": 30.0, "max_steps": 200, "num_eval_rows": 32} if args.quick
-                                else {"target_accuracy": (0.3, 0.5), "time_budget_s": args.student_budget_s,
-                                      "privileged_fraction": args.privileged_fraction}))
-        print(f"[{task}] student warm start: held-out accuracy {student.accuracy:.2f}", flush=True)
-        diagnostics[task] = {"student_accuracy": student.accuracy, "student_params": student.num_parameters,
-                             "student_with_privileged_context": self_teacher_accuracy(task, student.output_dir)}
-        print(f"[{task}] the same model with answer + solution in its prompt (the self-teacher's view): "
-              f"{diagnostics[task]['student_with_privileged_context']:.2f}", flush=True)
+    records, sections, summaries, panels = [], [], {}, {}
+    for task, names in args.plan.items():
+        variants = variants_from(names, args.ablation)
+        if args.teacher_contrast != "none":
+            from rlsd.config import CONTRAST_ALGORITHMS
+
+            variants = {n: (a, {**f, "teacher_contrast": args.teacher_contrast} if a in CONTRAST_ALGORITHMS else f)
+                        for n, (a, f) in variants.items()}
+        warm_starts, runs, per_ws_runs, teacher_stats = [], {}, {}, {}
         teacher_dir = None
         if any(algorithm == "opd" for algorithm, _ in variants.values()):
             teacher = warm_start(task, out / f"teacher-{task}", seed=0, hidden_size=256, num_layers=4,
@@ -190,32 +181,69 @@ def main(argv: list[str] | None = None) -> int:
                                  time_budget_s=60.0 if args.quick else 4 * 3600.0)
             teacher_dir = teacher.output_dir
             print(f"[{task}] OPD teacher ({teacher.num_parameters} params): accuracy {teacher.accuracy:.2f}")
-            diagnostics[task].update(opd_teacher_accuracy=teacher.accuracy, opd_teacher_params=teacher.num_parameters,
-                                     opd_teacher_sft_steps=teacher.steps)
-        curves: dict[str, list] = {}
-        for name, (algorithm, fields) in variants.items():
-            for seed in seeds:
-                run = quickstart_run(task, student.output_dir, algorithm, args.steps, seed, fast=args.quick)
-                run["training"].update(copy.deepcopy(fields))
-                run["training"]["disable_tqdm"] = True
-                if algorithm == "opd":
-                    run["training"]["teacher_model"] = teacher_dir
-                print(f"[{task}] {name} seed {seed}", flush=True)
-                curves.setdefault(name, []).append(run_once(run, out / task / name.replace("=", "-") / f"seed{seed}"))
-        all_curves[task] = curves
-        baseline = "grpo" if "grpo" in curves else next(iter(curves))
-        tables.append(table_markdown(task, summarize(curves, baseline=baseline), diagnostics[task], baseline))
-        print(tables[-1], flush=True)
+        for sft_seed in sft_seeds:
+            ws_name = f"sft{sft_seed}"
+            # SFT seed 0 keeps the directory name of the single-warm-start benchmark, so its runs are reused.
+            ws_dir = out / (f"warmstart-{task}" if sft_seed == 0 else f"warmstart-{task}-{ws_name}")
+            student = warm_start(task, ws_dir, seed=sft_seed, progress=not args.quick,
+                                 **({"time_budget_s": 30.0, "max_steps": 200, "num_eval_rows": 32} if args.quick
+                                    else {"target_accuracy": band, "time_budget_s": args.student_budget_s,
+                                          "privileged_fraction": args.privileged_fraction}))
+            with_reference = self_teacher_accuracy(task, student.output_dir, num_rows=32 if args.quick else 100)
+            warm_starts.append({"name": ws_name, "accuracy": student.accuracy, "in_band": student.in_band,
+                                "steps": student.steps, "with_reference": with_reference,
+                                "params": student.num_parameters})
+            print(f"[{task}/{ws_name}] warm start: held-out accuracy {student.accuracy:.2f} "
+                  f"({'in' if student.in_band else 'OUTSIDE'} the band); with the reference in its prompt "
+                  f"(the self-teacher's view): {with_reference:.2f}", flush=True)
+            for name, (algorithm, fields) in variants.items():
+                for seed in seeds:
+                    run = quickstart_run(task, student.output_dir, algorithm, args.steps, seed, fast=args.quick)
+                    run["task_eval_size"] = args.eval_size
+                    run["training"].update(copy.deepcopy(fields))
+                    run["training"]["disable_tqdm"] = True
+                    if algorithm == "opd":
+                        run["training"]["teacher_model"] = teacher_dir
+                    sub = f"{task}/{name.replace('=', '-')}/seed{seed}" if sft_seed == 0 else \
+                        f"{task}/{ws_name}/{name.replace('=', '-')}/seed{seed}"
+                    print(f"[{task}/{ws_name}] {name} seed {seed}", flush=True)
+                    curve, means = run_once(run, out / sub)
+                    records.append({"task": task, "warm_start": ws_name, "variant": name, "seed": seed,
+                                    "curve": curve, "training_means": means})
+                    runs.setdefault(name, {})[(ws_name, seed)] = curve
+                    per_ws_runs.setdefault(ws_name, {}).setdefault(name, {})[seed] = curve
+                    for metric, value in means.items():
+                        teacher_stats.setdefault(name, {}).setdefault(metric, []).append(value)
+            panels[f"{task} / {ws_name} ({student.accuracy:.2f})"] = {
+                n: list(by_seed.values()) for n, by_seed in per_ws_runs[ws_name].items()}
+        baseline = "grpo" if "grpo" in runs else next(iter(runs))
+        summary = summarize(runs, baseline)
+        per_ws = {ws: summarize(r, baseline) for ws, r in per_ws_runs.items()}
+        pairs = [p for name in runs if name != baseline and (p := paired_differences(runs, name, baseline))]
+        rlsd_like = {n: {k: statistics.mean(v) for k, v in s.items()} for n, s in teacher_stats.items()
+                     if any(k.startswith("rlsd/") for k in s)}
+        notes = [f"Student: {warm_starts[0]['params'] / 1e6:.2f}M params; {args.steps} RL steps; RL seeds {seeds}; "
+                 f"{args.eval_size} held-out problems per evaluation."]
+        sections.append(task_markdown(task, warm_starts, summary, per_ws, pairs, rlsd_like, baseline, notes))
+        summaries[task] = {"warm_starts": warm_starts, "summary": summary, "per_warm_start": per_ws,
+                           "paired": pairs, "training_means": {n: {k: statistics.mean(v) for k, v in s.items()}
+                                                               for n, s in teacher_stats.items()}}
+        print(sections[-1], flush=True)
 
-    (out / "curves.json").write_text(json.dumps(all_curves, indent=1))
-    (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
-    plot(all_curves, out / "learning.png")
-    header = (f"Held-out greedy accuracy; {args.steps} RL steps; seeds {seeds}; student warm start with "
-              f"privileged_fraction={args.privileged_fraction}; "
-              f"this invocation took {time.perf_counter() - started:.0f}s "
-              "(runs finished earlier are reused, not rerun).\n\n")
-    (out / "table.md").write_text(header + "\n".join(tables))
-    print(f"wrote {out}/curves.json, learning.png, table.md")
+    curves = {}
+    for r in records:
+        curves.setdefault(r["task"], {}).setdefault(r["variant"], []).append(r["curve"])
+    (out / "runs.json").write_text(json.dumps(records, indent=1))
+    (out / "curves.json").write_text(json.dumps(curves, indent=1))
+    (out / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))
+    plot(panels, out / "learning.png")
+    elapsed = time.perf_counter() - started
+    command = "python benchmarks/learning.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    header = (f"Held-out greedy accuracy. Command: `{command}`. {args.steps} RL steps; RL seeds {seeds}; warm starts "
+              f"(SFT seeds) {sft_seeds}; privileged_fraction={args.privileged_fraction}; this invocation took "
+              f"{elapsed:.0f}s (runs finished earlier are reused, not rerun).\n\n")
+    (out / "table.md").write_text(header + "\n".join(sections))
+    print(f"wrote {out}/runs.json, curves.json, summary.json, learning.png, table.md ({elapsed:.0f}s)")
     return 0
 
 

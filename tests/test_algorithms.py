@@ -257,3 +257,26 @@ def test_blended_token_advantages_mix_as_documented():
     out = credit.blended_token_advantages(advantages, q, b, mask, torch.tensor([1.0, 0.0]), 0.25, 0.75)
     assert torch.equal(out, torch.tensor([[0.25 + 0.75 * 0.5, 0.0], [-0.5, -0.5]]))
     assert blend.loss.__doc__ and sdpo.loss_weights.__doc__
+
+
+# ---- rlsd compare ---------------------------------------------------------------------------------------------------
+def test_compare_runs_the_new_algorithms_and_contrast_variants(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from rlsd.cli import main
+    from rlsd.config import algorithm_variant
+    from test_cli import write_config
+
+    assert algorithm_variant("grpo+opsd") == ("grpo+opsd", {})
+    assert algorithm_variant("sdpo+contrast") == ("sdpo", {"teacher_contrast": "wrong_reference"})
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, max_steps=1)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(config), "--algorithms", "sdpo,grpo+opsd,rlsd+contrast",
+                 "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert [row["run"] for row in summary] == ["sdpo", "grpo+opsd", "rlsd+contrast"]
+    assert [row["algorithm"] for row in summary] == ["sdpo", "grpo+opsd", "rlsd"]
+    resolved = json.loads((out / "rlsd+contrast" / "run_config.json").read_text())["training_args"]
+    assert resolved["algorithm"] == "rlsd" and resolved["teacher_contrast"] == "wrong_reference"
+    assert main(["compare", "--config", str(config), "--algorithms", "grpo+contrast", "--output-dir", str(out)]) == 2
+    assert "--algorithms: 'grpo+contrast': +contrast needs one of" in capsys.readouterr().err

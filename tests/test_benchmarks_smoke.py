@@ -59,9 +59,15 @@ def test_learning_benchmark_quick(tmp_path):
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     curves = json.loads((out / "curves.json").read_text())
-    assert set(curves["arithmetic"]) == {"grpo", "rlsd"}
+    assert set(curves["arithmetic"]) == {"grpo", "rlsd", "sdpo", "grpo+opsd"}
     for seeds in curves["arithmetic"].values():
         steps = [step for step, _ in seeds[0]]
-        assert steps[0] == 0 and steps[-1] == 4, "held-out accuracy before RL and after the last step"
+        assert steps[0] == 0 and steps[-1] == 3, "held-out accuracy before RL and after the last step"
     assert (out / "learning.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| rlsd | 1 |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| rlsd | 1 |" in table and "| sdpo | 1 |" in table and "| grpo+opsd | 1 |" in table
+    summary = json.loads((out / "summary.json").read_text())["arithmetic"]
+    assert {p["variant"] for p in summary["paired"]} == {"rlsd", "sdpo", "grpo+opsd"}
+    runs = json.loads((out / "runs.json").read_text())
+    sdpo_means = next(r["training_means"] for r in runs if r["variant"] == "sdpo")
+    assert "sdpo/peer_demo_frac" in sdpo_means and "distill/divergence" in sdpo_means

@@ -15,6 +15,7 @@ from rlsd.tasks.countdown import check_expression  # noqa: E402
 from rlsd.tasks.tiny import CHARACTERS  # noqa: E402
 
 NAMES = sorted(TASKS)
+LONG_HORIZON = {"chain"}  # long worked solutions, and a problem space too large to exhaust
 
 
 def call_reward(task, rows, completions, columns=True):
@@ -46,7 +47,10 @@ def test_rows_have_the_documented_shape(name):
         for row in rows:
             assert row["prompt"] == [{"role": "user", "content": question(row)}]
             assert row["solution"].splitlines()[-1] == f"Answer: {row['answer']}"
-            assert len(question(row)) <= 60 and len(row["solution"]) <= 80
+            if name in LONG_HORIZON:
+                assert len(question(row)) <= 100 and len(row["solution"]) >= 150
+            else:
+                assert len(question(row)) <= 60 and len(row["solution"]) <= 80
             assert set(question(row) + row["solution"]) <= set(CHARACTERS)
 
 
@@ -79,7 +83,7 @@ def test_split_is_a_pure_function_of_the_problem():
         normalize_split("dev-ish")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sorted(set(NAMES) - LONG_HORIZON))
 def test_too_small_problem_space_raises_instead_of_looping(name):
     with pytest.raises(ValueError, match="distinct"):
         get_task(name).make_rows(10**6, seed=0, difficulty=1, split="test")
@@ -157,3 +161,36 @@ def test_rows_load_into_a_dataset():
         rows = get_task(name).make_rows(10, seed=0)
         ds = Dataset.from_list(rows)
         assert ds[0]["prompt"] == rows[0]["prompt"] and ds[0]["answer"] == rows[0]["answer"]
+
+
+def _run_chain(start: int, ops: list[str], corrupt_step: int | None = None) -> int:
+    value = start
+    for step, op in enumerate(ops, start=1):
+        value = eval(f"{value}{op}")  # noqa: S307 - our own generated "+5", "-3", "*2"
+        if step == corrupt_step:
+            value += 1
+    return value
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+def test_chain_is_long_horizon_and_every_step_matters(difficulty):
+    from rlsd.tasks.tiny import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    task = get_task("chain")
+    rows = task.make_rows(200, seed=1, difficulty=difficulty)
+    for row in rows:
+        start, ops = re.fullmatch(r"Start at (\d+), then: (.*)\. Give the final value\.", question(row)).groups()
+        ops = ops.split(", ")
+        steps = row["solution"].splitlines()[:-1]
+        assert len(ops) == len(steps) >= 8
+        assert len(tokenizer(row["solution"])["input_ids"]) >= 150
+        previous = int(start)
+        for k, (op, line) in enumerate(zip(ops, steps), start=1):
+            a, sign, b, result = re.fullmatch(rf"Step {k}: (\d+) ([-+*]) (\d+) = (\d+)", line).groups()
+            assert int(a) == previous and f"{sign}{b}" == op, "each step starts from the previous result"
+            previous = int(result)
+        assert str(previous) == row["answer"] == str(_run_chain(int(start), ops))
+        assert all(_run_chain(int(start), ops, k) != previous for k in range(1, len(ops) + 1)), \
+            "one wrong intermediate value makes the final answer wrong"
+    assert task.completion_tokens >= max(len(tokenizer(r["solution"])["input_ids"]) for r in task.make_rows(300, 0))

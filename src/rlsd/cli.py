@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="same config, several algorithms, one plot and table")
     _add_run_arguments(compare)
-    compare.add_argument("--algorithms", default="rlsd,grpo", help="comma-separated, e.g. rlsd,grpo,opsd")
+    compare.add_argument("--algorithms", default="rlsd,grpo",
+                         help="comma-separated: rlsd, grpo, opsd, opd, sdpo, grpo+opsd; X+contrast adds "
+                              "teacher_contrast=wrong_reference to X (e.g. rlsd+contrast)")
 
     evaluate = commands.add_parser("eval", help="accuracy, pass@k and maj@k of a model on a held-out set")
     evaluate.add_argument("--model", required=True)
@@ -105,22 +107,23 @@ def cmd_train(args) -> int:
 def cmd_compare(args) -> int:
     import copy
 
-    from .config import ALGORITHMS
+    from .config import algorithm_variant
     from .report import report
     from .run import RunError, train
 
     run = _run_from_args(args)
-    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    unknown = [a for a in algorithms if a not in ALGORITHMS]
-    if unknown:
-        raise RunError(f"--algorithms: unknown {unknown}; choose from {', '.join(ALGORITHMS)}")
+    names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    try:
+        variants = {name: algorithm_variant(name) for name in names}
+    except ValueError as err:
+        raise RunError(f"--algorithms: {err}") from None
     base = args.output_dir or run["training"].get("output_dir") or "runs/compare"
     run_dirs = []
-    for algorithm in algorithms:
+    for name, (algorithm, extra) in variants.items():
         one = copy.deepcopy(run)
-        one["training"]["algorithm"] = algorithm
-        print(f"rlsd compare: training {algorithm}", flush=True)
-        run_dirs.append(str(train(one, output_dir=os.path.join(base, algorithm)).output_dir))
+        one["training"].update(algorithm=algorithm, **extra)
+        print(f"rlsd compare: training {name}", flush=True)
+        run_dirs.append(str(train(one, output_dir=os.path.join(base, name)).output_dir))
     outputs = report(run_dirs, os.path.join(base, "report"))
     print(f"rlsd compare: report in {os.path.join(base, 'report')}")
     return 0 if outputs else 1

@@ -17,6 +17,26 @@ TEACHER_CONTRASTS = ("none", "wrong_reference")
 CONTRAST_ALGORITHMS = ("rlsd", "opsd", "sdpo", "grpo+opsd")
 
 
+CONTRAST_SUFFIX = "+contrast"
+
+
+def algorithm_variant(name: str) -> tuple[str, dict]:
+    """`rlsd compare` / benchmark names: an algorithm, or one with `+contrast` (teacher_contrast=wrong_reference).
+
+    Returns (algorithm, extra RLSDConfig fields); ValueError naming the choices for anything else.
+    """
+    name = name.strip()
+    base, extra = name, {}
+    if name.endswith(CONTRAST_SUFFIX):
+        base, extra = name[: -len(CONTRAST_SUFFIX)], {"teacher_contrast": "wrong_reference"}
+        if base not in CONTRAST_ALGORITHMS:
+            raise ValueError(f"{name!r}: {CONTRAST_SUFFIX} needs one of {', '.join(CONTRAST_ALGORITHMS)}")
+    if base not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)} "
+                         f"(or X{CONTRAST_SUFFIX} for X in {', '.join(CONTRAST_ALGORITHMS)})")
+    return base, extra
+
+
 @dataclass
 class RLSDConfig(GRPOConfig):
     """Configuration for `RLSDTrainer`: every `GRPOConfig` field, plus:

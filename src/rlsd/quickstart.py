@@ -32,11 +32,14 @@ def self_teacher_accuracy(task: str, model_dir: str, num_rows: int = 100) -> flo
     spec = get_task(task)
     rows = with_reference(spec.make_rows(num_rows, seed=0, split="test"), PRIVILEGED_FIELDS)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    return evaluate(model, tokenizer, rows, spec.reward, max_new_tokens=96, progress=False)["accuracy"]
+    return evaluate(model, tokenizer, rows, spec.reward, max_new_tokens=spec.completion_tokens or 96,
+                    progress=False)["accuracy"]
 
 
 def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: int, fast: bool) -> dict:
     """The run config both algorithms share; only `algorithm` differs."""
+    from .tasks import get_task
+
     return {
         "model": model_dir,
         "task": task,
@@ -49,7 +52,7 @@ def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: 
             "max_steps": steps,
             "per_device_train_batch_size": 32 if fast else 64,  # 4 or 8 prompts x 8 completions per step
             "num_generations": 8,
-            "max_completion_length": 48,
+            "max_completion_length": get_task(task).completion_tokens or 48,
             "temperature": 1.0,
             "learning_rate": 7e-5,  # higher rates (2e-4, 5e-4) made both algorithms lose accuracy on this model
             "lr_scheduler_type": "constant",

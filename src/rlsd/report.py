@@ -98,8 +98,14 @@ def run_algorithm(run_dir: PathLike) -> str | None:
 
 
 def run_label(run_dir: PathLike) -> str:
-    """The algorithm name if the run recorded it, else the directory name."""
-    return run_algorithm(run_dir) or Path(run_dir).resolve().name
+    """The algorithm name (`X+contrast` with a teacher contrast) if the run recorded it, else the directory name."""
+    algorithm = run_algorithm(run_dir)
+    if algorithm is None:
+        return Path(run_dir).resolve().name
+    config = load_run_config(run_dir)
+    sections = [config, *(v for v in config.values() if isinstance(v, dict))]
+    contrast = next((s["teacher_contrast"] for s in sections if isinstance(s.get("teacher_contrast"), str)), "none")
+    return algorithm if contrast == "none" else f"{algorithm}+contrast"
 
 
 def run_labels(run_dirs: Sequence[PathLike]) -> list[str]:

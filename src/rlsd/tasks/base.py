@@ -37,6 +37,9 @@ class Task:
     description: str
     default_difficulty: int = 1
     max_difficulty: int = 3
+    # Generation budget (char-level tokens) for tasks whose worked solutions outgrow the defaults
+    # (warm start 96, RL rollouts 48); None for short tasks.
+    completion_tokens: int | None = None
 
     def __repr__(self) -> str:  # the functions make the dataclass repr unreadable
         return f"Task({self.name!r})"

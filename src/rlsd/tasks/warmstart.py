@@ -65,7 +65,7 @@ def warm_start(
     learning_rate: float = 2e-3,
     batch_size: int = 64,
     warmup_steps: int = 20,
-    max_new_tokens: int = 96,
+    max_new_tokens: int | None = None,
     num_threads: int | None = None,
     privileged_fraction: float = 0.0,
     force: bool = False,
@@ -85,12 +85,13 @@ def warm_start(
     context, as an instruction-tuned LLM already can; held-out accuracy is
     still measured on plain prompts. `num_threads` caps torch's CPU threads
     for the run (on a busy machine one thread beats two spinning ones); None
-    keeps torch's setting.
+    keeps torch's setting. `max_new_tokens` (evaluation) defaults to the task's `completion_tokens`, else 96.
     """
     from .. import tasks as registry
 
     task = registry.get_task(task)
     difficulty = task.default_difficulty if difficulty is None else difficulty
+    max_new_tokens = max_new_tokens or task.completion_tokens or 96
     low, high = target_accuracy
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"target_accuracy must satisfy 0 <= low <= high <= 1, got {target_accuracy}")
@@ -209,7 +210,9 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
             learning_rate=s["learning_rate"], lr_scheduler_type="constant_with_warmup",
             warmup_steps=s["warmup_steps"], weight_decay=0.0, seed=s["seed"], data_seed=s["seed"],
             bf16=False, fp16=False, activation_checkpointing=False, save_strategy="no", report_to="none",
-            logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, max_length=256,
+            logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+            # Long-horizon rows with the reference in the prompt run to ~560 tokens; short tasks stay at 256.
+            max_length=256 if s["max_new_tokens"] <= 96 else 1024,
             dataset_num_proc=None, use_cpu=not _has_accelerator(),
         )
         trainer = SFTTrainer(
