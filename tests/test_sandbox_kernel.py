@@ -39,16 +39,17 @@ REPO = Path(__file__).resolve().parents[1]
 HOOK_OFF = SandboxLimits(timeout_s=5, memory_mb=512, nproc=8, audit_hook=False)
 
 
-def kernel_abi() -> int:
+def load_kernel_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("k", REPO / "src/rlsd/rewards/_sandbox_kernel.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.landlock_abi()[0]
+    return module
 
 
-LANDLOCK_ABI = kernel_abi() if sys.platform.startswith("linux") else 0
+KERNEL = load_kernel_module()
+LANDLOCK_ABI = KERNEL.landlock_abi()[0] if sys.platform.startswith("linux") else 0
 needs_landlock = pytest.mark.skipif(LANDLOCK_ABI < 1, reason="this kernel has no Landlock (Linux < 5.13 or disabled)")
 
 
@@ -125,6 +126,68 @@ def test_a_missing_layer_is_logged_once_reported_and_refused_when_required(monke
         get_reward("code", require=["landlock"])  # refused when the reward is built, not per sample
 
 
+# ---------------------------------------------------------------------------------------- the filter
+def bpf_verdict(program: bytes, arch: int, nr: int, args=(0,) * 6) -> int:
+    """Run a classic-BPF seccomp program on one syscall (a minimal interpreter: LD abs, JEQ/JGE/JSET, RET)."""
+    import struct
+
+    data = struct.pack("<iIQ6Q", nr, arch, 0, *[a & 0xFFFFFFFFFFFFFFFF for a in args])
+    insns = [struct.unpack_from("<HBBI", program, i) for i in range(0, len(program), 8)]
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        if code == 0x20:
+            acc, pc = struct.unpack_from("<I", data, k)[0], pc + 1
+        elif code in (0x15, 0x35, 0x45):
+            hit = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+            pc += 1 + (jt if hit else jf)
+        elif code == 0x06:
+            return k
+        else:
+            raise AssertionError(f"unexpected BPF opcode {code:#x}")
+
+
+@pytest.mark.parametrize("arch", sorted(KERNEL.ARCHES))
+def test_seccomp_filter_verdicts(arch):
+    audit, nrs = KERNEL.ARCHES[arch]
+    allow, eperm, kill = KERNEL.SECCOMP_RET_ALLOW, KERNEL.SECCOMP_RET_ERRNO | 1, KERNEL.SECCOMP_RET_KILL_PROCESS
+    prog = KERNEL.build_seccomp_filter(arch, allow_exec=False, protected_pids=(4242,))
+    verdict = lambda nr, *args: bpf_verdict(prog, audit, nr, args + (0,) * (6 - len(args)))  # noqa: E731
+    assert bpf_verdict(prog, 0x40000003, 11) == kill  # i386 execve on a 64-bit kernel: foreign arch
+    assert verdict(nrs["execve"]) == verdict(nrs["execveat"]) == verdict(nrs["ptrace"]) == eperm
+    assert verdict(nrs["setsid"]) == verdict(425) == verdict(nrs["unshare"]) == eperm  # 425: io_uring_setup
+    assert verdict(435) == KERNEL.SECCOMP_RET_ERRNO | 38  # clone3: ENOSYS, so libc uses clone
+    assert verdict(nrs["clone"], 0x01200011) == allow  # what fork() passes
+    assert verdict(nrs["clone"], 0x01200011 | 0x10000000) == eperm  # ... plus CLONE_NEWUSER
+    assert verdict(nrs["socket"], 2) == verdict(nrs["socket"], 1) == eperm
+    assert verdict(nrs["socketpair"], 1) == allow and verdict(nrs["socketpair"], 2) == eperm
+    assert verdict(nrs["kill"], -1, 9) == verdict(nrs["kill"], 4242, 9) == verdict(nrs["kill"], -4242, 9) == eperm
+    assert verdict(nrs["kill"], 7, 9) == verdict(nrs["ioctl"], 0, 0x5401) == allow
+    assert verdict(nrs["ioctl"], 0, KERNEL.TIOCSTI) == eperm
+    assert verdict(0) == verdict(63) == allow  # read / uname (x86_64) or io_setup-ish (aarch64): harmless
+    if arch == "x86_64":
+        assert verdict(0x40000000 + 59) == kill  # x32 execve
+    allowed = KERNEL.build_seccomp_filter(arch, allow_exec=True)
+    assert bpf_verdict(allowed, audit, nrs["execve"]) == allow
+
+
+HEADERS = {"x86_64": "/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "aarch64": "/usr/include/asm-generic/unistd.h"}
+
+
+@pytest.mark.parametrize("arch", sorted(HEADERS))
+def test_syscall_numbers_match_the_kernel_headers(arch):
+    import re
+
+    if not os.path.exists(HEADERS[arch]):
+        pytest.skip(f"{HEADERS[arch]} not installed")
+    text = open(HEADERS[arch]).read()
+    found = dict(re.findall(r"#define __NR(?:3264)?_(\w+)\s+(\d+)", text))
+    numbers = {**KERNEL.ARCHES[arch][1], **KERNEL._GENERIC}
+    checked = {name: nr for name, nr in numbers.items() if name in found}
+    assert len(checked) >= len(numbers) - 2  # iopl/ioperm exist on x86 only
+    assert {name: int(found[name]) for name in checked} == checked
+
+
 # ---------------------------------------------------------------------------------------- processes
 SPAWN_ROUTES = {
     "posix_spawn": "import os\npid = os.posix_spawn('/bin/true', ['true'], {})\n"
@@ -141,7 +204,8 @@ SPAWN_ROUTES = {
                           "STARTED = os.waitpid(pid, 0)[1] == 0",
     "libc_system": "import ctypes\nSTARTED = ctypes.CDLL(None).system(b'/bin/true') == 0",
     "os_system": "import os\nSTARTED = os.system('/bin/sh -c true') == 0",
-    "posixsubprocess_fork_exec": "import subprocess\nSTARTED = subprocess.run(['/bin/true'], close_fds=True).returncode == 0",
+    "posixsubprocess_fork_exec": "import subprocess\n"
+                                 "STARTED = subprocess.run(['/bin/true'], close_fds=True).returncode == 0",
 }  # fmt: skip
 EXECVE_NR = {"x86_64": 59, "aarch64": 221}.get(os.uname().machine, 59)
 
@@ -363,7 +427,8 @@ def test_this_file_passes_from_a_venv_and_project_under_tmp():
         env = {**os.environ, "RLSD_SANDBOX_NESTED": "1", "PYTHONPATH": str(root / "project/src"),
                "OMP_NUM_THREADS": "1"}  # fmt: skip
         cmd = [str(root / "venv/bin/python"), "-m", "pytest", "-q", "-x", "--noconftest", "-p", "no:cacheprovider",
-               "-o", "addopts=-rs", "tests/test_sandbox_kernel.py", "-k", "not as_an_unprivileged_user and not bombs"]  # fmt: skip
+               "-o", "addopts=-rs", "tests/test_sandbox_kernel.py",
+               "-k", "not as_an_unprivileged_user and not bombs"]  # fmt: skip
         out = subprocess.run(cmd, cwd=root / "project", env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
         assert " passed" in out.stdout and " failed" not in out.stdout

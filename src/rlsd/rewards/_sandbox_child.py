@@ -4,9 +4,11 @@ Started by `rlsd.rewards.sandbox` as `python -I -B _sandbox_child.py` with a
 JSON payload on stdin; not an API. Order matters: limits are set and
 privileges dropped *before* any untrusted code is compiled.
 
-As root: new network, mount and PID namespaces; this process forks PID 1 of
-the new namespace (which drops to the sandbox uid and runs the code) and stays
-behind, still root and out of its reach, to enforce the wall-clock timeout.
+New network, mount and PID namespaces (as root directly, otherwise inside a user
+namespace); this process forks PID 1 of the new namespace (which, as root, drops
+to the sandbox uid) and stays behind, out of its reach, to enforce the wall-clock
+timeout. PID 1 then puts the kernel layers in force (`_sandbox_kernel.py`:
+no_new_privs, Landlock, seccomp) and only then compiles the untrusted code.
 
 Protocol: every line written to the result pipe starts with a random nonce the
 untrusted code never sees in its own namespace; the parent counts a test as

@@ -4,18 +4,23 @@ Why a separate process with OS limits, not `exec` in the trainer: an RL policy
 will, sooner or later, emit an infinite loop, a fork bomb, a memory bomb or a
 network call, and it must cost that sample a 0 reward, not the run or the host.
 
-Guarantees (Linux), all set before the untrusted code is compiled:
+Guarantees (Linux), all set before the untrusted code is compiled (the layers, and
+where each one holds, are listed in docs/datasets.md and reported per run in
+`SandboxResult.layers`):
   * CPU time (RLIMIT_CPU), address space (RLIMIT_AS), file size (RLIMIT_FSIZE),
     open files (RLIMIT_NOFILE), processes (RLIMIT_NPROC), no core dumps;
   * a wall-clock timeout, after which the whole process group is SIGKILLed;
   * a fresh temporary working directory, removed afterwards;
-  * when run as root: new network (empty), mount (private /tmp, hidden /root)
-    and PID namespaces (everything left is killed when the run ends), and the
-    code runs as a fresh unprivileged uid, so that RLIMIT_NPROC is enforced
-    (the kernel ignores it for root);
-  * a Python audit hook that blocks sockets, exec, raw ctypes calls and writes
-    outside the working directory (defence in depth; native code can bypass it).
-See docs/datasets.md for what is *not* guaranteed without root.
+  * network, mount (private /tmp, a tmpfs working directory of `disk_mb`) and PID
+    namespaces: as root directly, otherwise inside an unprivileged user namespace
+    where the kernel allows one; as root the code also runs as a fresh uid;
+  * kernel-enforced confinement, root or not (`_sandbox_kernel.py`): no_new_privs,
+    Landlock (files: write only in the working directory, read only where the
+    interpreter and its libraries live; no TCP; no signals out) and a seccomp filter
+    (no execve unless allowed, no sockets but AF_UNIX pairs, no ptrace, mount,
+    namespaces, bpf, io_uring, ...). `require=` refuses to run without named layers;
+  * a Python audit hook that refuses the same things with readable errors (a
+    friendly first layer; native code does not pass through it).
 """
 
 from __future__ import annotations
