@@ -71,3 +71,19 @@ def test_learning_benchmark_quick(tmp_path):
     runs = json.loads((out / "runs.json").read_text())
     sdpo_means = next(r["training_means"] for r in runs if r["variant"] == "sdpo")
     assert "sdpo/peer_demo_frac" in sdpo_means and "distill/divergence" in sdpo_means
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_gpu_check_vlm_smoke(tmp_path):
+    """The Qwen3-VL GPU check's CPU variant, so that the script cannot rot between GPU runs."""
+    out = tmp_path / "vlm"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check_vlm.py"), "--smoke",
+                             "--algorithms", "grpo,rlsd", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=580,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "gpu_check_vlm.json").read_text())
+    assert [r["algorithm"] for r in summary["results"]] == ["grpo", "rlsd"]
+    assert all(r["pixel_values_in_batch"] and r["steps"] == 2 for r in summary["results"])
+    assert summary["results"][1]["teacher_time_frac"] > 0
