@@ -25,11 +25,20 @@ def call_reward(task, rows, completions, columns=True):
 
 
 def question(row) -> str:
-    return row["prompt"][0]["content"]
+    content = row["prompt"][0]["content"]
+    if isinstance(content, list):  # image tasks: TRL content blocks, the image first
+        assert content[0] == {"type": "image"} and row["image"].size == (24, 24)
+        return "".join(block["text"] for block in content if block["type"] == "text")
+    return content
+
+
+def problem(row) -> str:
+    """What makes a problem distinct: its question, and its picture for image tasks."""
+    return question(row) + (row["image"].tobytes().hex() if "image" in row else "")
 
 
 def test_registry():
-    assert {"arithmetic", "linear", "countdown"} <= set(TASKS)
+    assert {"arithmetic", "linear", "countdown", "shapes"} <= set(TASKS)
     for name in NAMES:
         task = get_task(name)
         assert task.name == name and task.description and callable(task.make_rows) and callable(task.reward)
@@ -45,7 +54,7 @@ def test_rows_have_the_documented_shape(name):
         rows = task.make_rows(200, seed=3, difficulty=difficulty, split="train")
         assert len(rows) == 200
         for row in rows:
-            assert row["prompt"] == [{"role": "user", "content": question(row)}]
+            assert len(row["prompt"]) == 1 and row["prompt"][0]["role"] == "user" and question(row)
             assert row["solution"].splitlines()[-1] == f"Answer: {row['answer']}"
             if name in LONG_HORIZON:
                 assert len(question(row)) <= 100 and len(row["solution"]) >= 150
@@ -65,13 +74,13 @@ def test_generators_are_deterministic_per_seed(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_train_and_held_out_never_overlap(name):
     task = get_task(name)
-    train = {question(r) for seed in (0, 1) for r in task.make_rows(1500, seed=seed, split="train")}
-    held_out = {question(r) for seed in (0, 1) for r in task.make_rows(400, seed=seed, split="test")}
+    train = {problem(r) for seed in (0, 1) for r in task.make_rows(1500, seed=seed, split="train")}
+    held_out = {problem(r) for seed in (0, 1) for r in task.make_rows(400, seed=seed, split="test")}
     assert len(train) > 1500 and len(held_out) > 400  # different seeds draw different problems...
     assert not train & held_out  # ...but never cross the split
     # Rows within one call are distinct problems.
     rows = task.make_rows(500, seed=2, split="test")
-    assert len({question(r) for r in rows}) == 500
+    assert len({problem(r) for r in rows}) == 500
 
 
 def test_split_is_a_pure_function_of_the_problem():
@@ -160,7 +169,18 @@ def test_rows_load_into_a_dataset():
     for name in NAMES:
         rows = get_task(name).make_rows(10, seed=0)
         ds = Dataset.from_list(rows)
-        assert ds[0]["prompt"] == rows[0]["prompt"] and ds[0]["answer"] == rows[0]["answer"]
+        assert _without_none(ds[0]["prompt"]) == rows[0]["prompt"] and ds[0]["answer"] == rows[0]["answer"]
+        if "image" in rows[0]:  # stored as a datasets Image feature, decoded back to the same picture
+            assert ds[0]["image"].convert("RGB").tobytes() == rows[0]["image"].tobytes()
+
+
+def _without_none(value):
+    """Arrow gives every content block all keys (`text: None` on image blocks); TRL ignores them."""
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _run_chain(start: int, ops: list[str], corrupt_step: int | None = None) -> int:

@@ -40,6 +40,7 @@ class Task:
     # Generation budget (char-level tokens) for tasks whose worked solutions outgrow the defaults
     # (warm start 96, RL rollouts 48); None for short tasks.
     completion_tokens: int | None = None
+    modality: str = "text"  # "image": rows carry an `image` and need a vision-language model
 
     def __repr__(self) -> str:  # the functions make the dataclass repr unreadable
         return f"Task({self.name!r})"
