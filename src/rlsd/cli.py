@@ -23,6 +23,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-r", type=int, help="LoRA rank (implies --lora)")
     parser.add_argument("--skip-bad-rows", action="store_true", help="drop invalid dataset rows (with a summary)")
     parser.add_argument("--from-hub", action="store_true", help="data.train names a Hugging Face Hub dataset")
+    parser.add_argument("--allow-image-urls", action="store_true", help="image rows may name http(s) URLs (downloaded once)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=1.0)
     evaluate.add_argument("--max-new-tokens", type=int, default=256)
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
+    evaluate.add_argument("--allow-image-urls", action="store_true", help="image rows may name http(s) URLs")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", help="write the metrics (and per-row records) as JSON here")
@@ -87,10 +89,11 @@ def _run_from_args(args) -> dict:
     if args.lora or args.lora_r:
         overrides.append(f"lora.r={args.lora_r or 16}")
     run = load_run_config(args.config, overrides)
-    if args.skip_bad_rows or args.from_hub:
+    flags = {"skip_bad_rows": args.skip_bad_rows, "from_hub": args.from_hub, "allow_image_urls": args.allow_image_urls}
+    if any(flags.values()):
         data = run.get("data") or {}
         data = {"train": data} if isinstance(data, str) else dict(data)
-        data.update({k: True for k, flag in (("skip_bad_rows", args.skip_bad_rows), ("from_hub", args.from_hub)) if flag})
+        data.update({k: True for k, flag in flags.items() if flag})
         run["data"] = data
     return run
 
@@ -146,7 +149,7 @@ def cmd_eval(args) -> int:
     else:
         from .data import load_dataset
 
-        rows = list(load_dataset(args.data)["train"])
+        rows = list(load_dataset(args.data, allow_image_urls=args.allow_image_urls)["train"])
     if args.limit:
         rows = rows[: args.limit]
     if args.with_reference:

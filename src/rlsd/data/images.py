@@ -77,9 +77,11 @@ def _verify(data: bytes | None, path: Path | None) -> str | None:
     except Image.DecompressionBombError as exc:
         return f"image too large ({exc})"
     except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}"
+        if exc.errno is not None:  # the file system refused (permissions, I/O error)
+            return f"cannot read: {exc.strerror or exc}"
+        return f"corrupt or truncated image ({exc})"
     except Exception as exc:  # noqa: BLE001 - PIL's plugins raise many types for corrupt files
-        return f"corrupt image ({type(exc).__name__}: {exc})"
+        return f"corrupt or truncated image ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -241,8 +243,11 @@ def check_images(src: Source, cols: dict, prompts: Any, bad: set[int], options: 
         if why:
             issues.append((i, field, why))
         rows.append(images if why is None else [])
-    if chat_prompts and any(isinstance(m.get("content"), list) for p in prompts if isinstance(p, list) for m in p):
+    bad = bad | {i for i, _, _ in issues}
+    if chat_prompts and any(isinstance(m.get("content"), list) for i, p in enumerate(prompts)
+                            if i not in bad and isinstance(p, list) for m in p):  # fmt: skip
+        # Arrow needs one content type per column: all text contents become blocks, placeholders as TRL adds them
         prompts = [_as_blocks([{"role": "user", "content": p}] if isinstance(p, str) else p, len(r))
-                   if p is not None and i not in bad else p
+                   if i not in bad else p
                    for i, (p, r) in enumerate(zip(prompts, rows))]  # fmt: skip
     return ImageRows(column, rows), prompts, issues
