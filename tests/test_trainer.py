@@ -1,6 +1,7 @@
 """RLSDTrainer on a tiny local model: equivalence with GRPO, privileged-text isolation, all algorithms end to end."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -273,3 +274,17 @@ def test_teacher_pass_skips_rows_without_signal_and_matches_a_full_pass_elsewher
             torch.cat([teacher_mask, batch["completion_mask"]], 1), batch["completion_ids"].size(1))
     mask = batch["completion_mask"][~zero].bool()
     torch.testing.assert_close(batch["teacher_per_token_logps"][~zero][mask], full[~zero][mask], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
+def test_sandbox_layers_of_a_code_reward_are_logged(tiny_model_dir, tmp_path):
+    from rlsd.rewards.sandbox import SandboxLimits, run_python_tests
+
+    assert run_python_tests("def f():\n    return 1", ["assert f() == 1"], SandboxLimits(timeout_s=10)).passed == 1
+    trainer = RLSDTrainer(model=tiny_model_dir, reward_funcs=digit_reward, args=tiny_config(tmp_path, max_steps=1),
+                          train_dataset=make_dataset())
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    layers = {k: v for k, v in logged.items() if k.startswith("rewards/sandbox_layers/")}
+    assert layers and set(layers.values()) <= {0.0, 1.0}
+    assert layers["rewards/sandbox_layers/seccomp"] == 1.0

@@ -29,6 +29,7 @@ from . import agents, credit, credit_records, multimodal, teacher, teacher_pass,
 from .algorithms import BLENDED_ALGORITHMS, blend, contrast, sdpo
 from .config import RLSDConfig
 from .rewards import pop_reward_errors
+from .rewards.sandbox import sandbox_layers
 from . import checkpoints
 from .teacher_weights import TEACHER_STATE_FILE, TeacherUpdateCallback, TeacherWeights
 
@@ -346,6 +347,8 @@ class RLSDTrainer(GRPOTrainer):
         # Rewards built by rlsd.rewards score a failing sample 0 instead of raising; count those failures.
         errors = torch.tensor(float(pop_reward_errors()), device=self.accelerator.device)
         self._metrics[mode]["rewards/errors"].append(self.accelerator.reduce(errors, "sum").item())
+        for name, active in sandbox_layers(probe=False).items():  # empty unless a code reward ran here
+            self._metrics[mode][name].append(active)
         return rewards_per_func
 
     def _log_leakage(self, inputs, output) -> None:
