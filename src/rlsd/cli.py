@@ -1,4 +1,4 @@
-"""`rlsd` command line: train | eval | compare | report | inspect | quickstart.
+"""`rlsd` command line: train | eval | compare | report | inspect | export | quickstart.
 
 Errors a user can fix (bad key, unknown reward, missing model, unwritable
 directory, bad data) print one line and exit with status 2; `--debug`
@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--step", type=int, default=None, help="only this recorded step (default: every one)")
     inspect.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/credit.html)")
     inspect.add_argument("--png", default=None, help="PNG of one group (default: credit_group.png beside the page)")
+
+    export = commands.add_parser("export", help="a plain Hugging Face model directory (LoRA merged) from a run")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True, help="directory to write")
+    export.add_argument("--merge-lora", action="store_true", help="fold a LoRA adapter into its base model's weights")
+    export.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: as saved)")
 
     quick = commands.add_parser("quickstart", help="a first RLSD vs GRPO run on a laptop CPU, no downloads")
     quick.add_argument("--task", default="arithmetic")
@@ -205,6 +211,14 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    out = export(args.run_dir, args.out, merge_lora=args.merge_lora, dtype=args.dtype)
+    print(f"rlsd export: wrote {out} (load it with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from .quickstart import run_quickstart
 
@@ -215,7 +229,7 @@ def cmd_quickstart(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "report": cmd_report,
-            "inspect": cmd_inspect, "quickstart": cmd_quickstart}
+            "inspect": cmd_inspect, "export": cmd_export, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,148 @@
+"""`rlsd export RUN_DIR --out DIR [--merge-lora] [--dtype bf16]`: a plain Hugging Face model directory.
+
+The result loads with `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer`/`AutoProcessor` alone,
+no `rlsd` and no `peft` import, so any inference stack (transformers, vLLM, TGI, llama.cpp converters) takes
+it: weights (a LoRA adapter merged into its base model), config, generation config, tokenizer or processor
+with its chat template, and a model card saying how the model was trained.
+
+The model comes from the run directory's final save, else from its newest complete `checkpoint-N`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+          "fp32": "float32", "float32": "float32"}
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def find_model_dir(run_dir: str | os.PathLike) -> Path:
+    """The run's final model (`RUN_DIR` itself) or, for a run stopped early, its newest complete checkpoint."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    if (run_dir / "config.json").is_file() or (run_dir / ADAPTER_CONFIG).is_file():
+        return run_dir
+    checkpoints = sorted((p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()
+                          and ((p / "config.json").is_file() or (p / ADAPTER_CONFIG).is_file())),
+                         key=lambda p: int(p.name.split("-")[-1]))
+    if not checkpoints:
+        raise FileNotFoundError(f"{run_dir}: no saved model (config.json or {ADAPTER_CONFIG}) in it or in a "
+                                f"checkpoint-N folder; was the run trained with `rlsd train`?")
+    return checkpoints[-1]
+
+
+def _load_processor(model_dir: Path, base: str | None):
+    """The processor for multimodal models, else the tokenizer; from the run (it saved its own), else the base."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    for source in (str(model_dir), base):
+        if source is None:
+            continue
+        if (Path(source) / "preprocessor_config.json").is_file() or (Path(source) / "processor_config.json").is_file():
+            try:
+                return AutoProcessor.from_pretrained(source)
+            except (OSError, ValueError):
+                pass
+        try:
+            return AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError):
+            continue
+    raise FileNotFoundError(f"{model_dir}: no tokenizer saved with the model or its base {base!r}")
+
+
+def _load_model(model_dir: Path, merge_lora: bool, dtype):
+    from transformers import AutoModelForCausalLM
+
+    adapter = model_dir / ADAPTER_CONFIG
+    if not adapter.is_file():
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or "auto"), None
+    base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+    if not merge_lora:
+        raise ValueError(f"{model_dir} holds a LoRA adapter over {base!r}: pass --merge-lora to fold it into the "
+                         f"base weights (a plain model needs no peft to load)")
+    from peft import PeftModel
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or "auto")
+    except OSError as err:
+        raise FileNotFoundError(f"{adapter}: cannot load the base model {base!r}: {str(err).splitlines()[0]}") from None
+    return PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload(), base
+
+
+def _run_facts(run_dir: Path) -> dict[str, Any]:
+    from .report import load_run_config, summarize_run
+
+    config = load_run_config(run_dir)
+    summary = summarize_run(run_dir)
+    training = config.get("training") if isinstance(config.get("training"), dict) else config
+    return {"algorithm": summary.get("algorithm"), "base": config.get("model"), "task": config.get("task"),
+            "data": config.get("data"), "steps": summary.get("steps"),
+            "final_heldout_accuracy": summary.get("final_heldout_accuracy"), "final_reward": summary.get("final_reward"),
+            "learning_rate": (training or {}).get("learning_rate")}
+
+
+def model_card(facts: dict[str, Any], out_name: str, base: str | None, dtype: str | None, merged: bool) -> str:
+    algorithm = facts.get("algorithm") or "rlsd"
+    tags = list(dict.fromkeys(["rlsd", algorithm, "reinforcement-learning", "text-generation"]))
+    front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:"] + [f"- {t}" for t in tags]
+    if base and not os.path.exists(base):
+        front.append(f"base_model: {base}")
+    front.append("---")
+    data = facts.get("task") and f"built-in task `{facts['task']}`" or facts.get("data") and f"`{facts['data']}`" or "—"
+    rows = [("algorithm", algorithm), ("base model", base or facts.get("base") or "—"), ("data", data),
+            ("training steps", facts.get("steps")), ("LoRA adapter", "merged into the base weights" if merged else "none (full fine-tune)"),
+            ("held-out accuracy (last eval)", facts.get("final_heldout_accuracy")),
+            ("training reward (last 5 logs)", facts.get("final_reward")), ("weights dtype", dtype or "as trained")]
+    table = ["| | |", "| --- | --- |"] + [
+        f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {'—' if v is None else v} |" for k, v in rows]
+    usage = ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             f'tokenizer = AutoTokenizer.from_pretrained("{out_name}")',
+             f'model = AutoModelForCausalLM.from_pretrained("{out_name}")',
+             'messages = [{"role": "user", "content": "..."}]',
+             "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+             "return_dict=True)",
+             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=256)[0]))", "```"]
+    return "\n".join(front + ["", f"# {out_name}", "",
+                              f"Trained with rlsd ({algorithm}; RLVR with self-distillation on TRL's GRPOTrainer) and "
+                              "exported by `rlsd export` as a plain transformers model: no rlsd or peft needed.", "",
+                              *table, "", "## Use", "", *usage, ""])
+
+
+def export(run_dir: str | os.PathLike, out: str | os.PathLike, merge_lora: bool = False,
+           dtype: str | None = None) -> Path:
+    """Write a plain HF model directory for the run's model; returns `out`."""
+    import torch
+
+    run_dir, out = Path(run_dir), Path(out)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_dtype = getattr(torch, DTYPES[dtype]) if dtype else None
+    model_dir = find_model_dir(run_dir)
+    if out.resolve() in (run_dir.resolve(), model_dir.resolve()):
+        raise ValueError(f"--out {out}: choose a new directory, not the run's own model files")
+    model, base = _load_model(model_dir, merge_lora, torch_dtype)
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+    processor = _load_processor(model_dir, base)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if getattr(tokenizer, "chat_template", None) is None:
+        print(f"rlsd export: note: {model_dir} has no chat template; prompts must be formatted by hand")
+    facts = _run_facts(run_dir)
+    card = model_card(facts, out.name, base or facts.get("base"), DTYPES.get(dtype or ""), merged=base is not None)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    for extra in ("run_config.json",):  # provenance, not needed to load
+        if (run_dir / extra).is_file():
+            shutil.copy(run_dir / extra, out / f"rlsd_{extra}")
+    return out
+
+
+__all__ = ["export", "find_model_dir", "model_card"]
