@@ -134,6 +134,7 @@ def parse_args(argv):
                              "model can use privileged context (as instruction-tuned LLMs can); 0: plain SFT")
     parser.add_argument("--student-budget-s", type=float, default=150.0,
                         help="student warm-start time limit (it stops earlier once in the accuracy band)")
+    parser.add_argument("--student-max-steps", type=int, default=2000, help="student warm start's SFT step limit")
     parser.add_argument("--band", default="0.3,0.5", help="warm-start target band of held-out accuracy")
     parser.add_argument("--ablation", action="store_true", help="RLSD variants instead of algorithms (first task)")
     parser.add_argument("--quick", action="store_true", help="smoke: arithmetic, 4 variants, 1 seed, 3 steps")
@@ -145,6 +146,7 @@ def parse_args(argv):
         args.plan, args.seeds, args.warm_starts = FULL["plan"], FULL["seeds"], FULL["warm_starts"]
         args.eval_size, args.privileged_fraction, args.steps = FULL["eval_size"], FULL["privileged_fraction"], FULL["steps"]
         args.student_budget_s = max(args.student_budget_s, 1800.0)
+        args.student_max_steps = max(args.student_max_steps, 6000)  # 8-step chains need more SFT than arithmetic
         args.out = args.out if args.out != "benchmarks/results/learning" else FULL["out"]
     if args.quick:
         args.tasks, args.algorithms, args.seeds, args.steps = "arithmetic", "grpo,rlsd,sdpo,grpo+opsd", "0", 3
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             student = warm_start(task, ws_dir, seed=sft_seed, progress=not args.quick,
                                  **({"time_budget_s": 30.0, "max_steps": 200, "num_eval_rows": 32} if args.quick
                                     else {"target_accuracy": band, "time_budget_s": args.student_budget_s,
+                                          "max_steps": args.student_max_steps,
                                           "privileged_fraction": args.privileged_fraction}))
             with_reference = self_teacher_accuracy(task, student.output_dir, num_rows=32 if args.quick else 100)
             warm_starts.append({"name": ws_name, "accuracy": student.accuracy, "in_band": student.in_band,

@@ -95,6 +95,20 @@ def test_sdpo_groups_without_success_fall_back_to_the_reference_else_grpo_only(t
     assert batch["advantages"][4:].abs().sum() > 0
 
 
+def test_sdpo_teacher_prompt_is_cut_in_the_demonstration_never_the_task(tiny_model_dir, tmp_path):
+    dataset = make_dataset().map(lambda row: {"solution": "long " * 60})
+    trainer = make(tiny_model_dir, tmp_path, positional_reward(set()), dataset, algorithm="sdpo",
+                   teacher_max_prompt_length=120)
+    trainer.model.train()
+    rows = generation_batch(trainer, dataset)
+    batch = trainer._generate_and_score_completions(rows)
+    ids, mask = trainer._teacher_prompt_tensors(rows, batch)
+    assert mask.sum(1).max() <= 120
+    text = trainer.processing_class.decode(ids[0][mask[0].bool()])
+    assert "What is 0+1?" in text and "Correct solution:" in text and "Correctly solve the original question" in text
+    assert text.count("long") < 60
+
+
 # ---- GRPO+OPSD ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("divergence", ["forward_kl", "sampled_token"])
 def test_grpo_opsd_with_zero_coef_equals_grpo(tiny_model_dir, tmp_path, divergence):
