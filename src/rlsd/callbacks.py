@@ -214,6 +214,8 @@ class HeldOutEvalCallback(TrainerCallback):
             f"{self.prefix}reward_mean": result["reward_mean"],
             f"{self.prefix}step": state.global_step,
         }
+        if "tool_calls_per_episode" in result:  # agent tasks
+            metrics[f"{self.prefix}tool_calls_per_episode"] = result["tool_calls_per_episode"]
         self._last_step = state.global_step
         self.history.append(dict(metrics))
         if state.is_world_process_zero:

@@ -211,6 +211,8 @@ RUN_KEYS = {
     "task_eval_size": 100,
     "data": None,  # {train, eval, eval_fraction, prompt_column, answer_column, solution_column, system_prompt, ...}
     "rewards": None,  # e.g. ["math", "format:0.1", "my_rewards.py:fn:0.5"]; default: the task's reward
+    "tools": None,  # agent tools by import path, e.g. ["my_tools.py:calculator"]; default: the task's tools
+    "environment": None,  # a TRL environment class by import path, e.g. "my_env.py:MyEnv"
     "lora": None,  # {r, lora_alpha, lora_dropout, target_modules, language_only (VLMs: text model only)}
     "eval_every": 10,  # held-out greedy accuracy every N steps (0: never)
     "eval_max_new_tokens": None,  # default: max_completion_length

@@ -33,18 +33,30 @@ def self_teacher_accuracy(task: str, model_dir: str, num_rows: int = 100) -> flo
     rows = with_reference(spec.make_rows(num_rows, seed=0, split="test"), PRIVILEGED_FIELDS)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     return evaluate(model, tokenizer, rows, spec.reward, max_new_tokens=spec.completion_tokens or 96,
-                    progress=False)["accuracy"]
+                    progress=False, tools=spec.tools or None)["accuracy"]
+
+
+def _agent_fast(task: str, fast: bool) -> dict | None:
+    """`--fast` on an agent task: an episode is ~4x an arithmetic solution (turns + tool results, a token per
+    character), so the smoke run uses fewer rows, smaller batches and a shorter warm start to stay near a minute."""
+    from .tasks import get_task
+
+    if not (fast and get_task(task).tools):
+        return None
+    return {"eval_rows": 8, "batch": 8, "generations": 4,
+            "warm_start": dict(time_budget_s=15.0, max_steps=60, num_train_rows=256, batch_size=16, eval_every=30)}
 
 
 def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: int, fast: bool) -> dict:
     """The run config both algorithms share; only `algorithm` differs."""
     from .tasks import get_task
 
+    agent = _agent_fast(task, fast)
     return {
         "model": model_dir,
         "task": task,
         "task_train_size": 2000,
-        "task_eval_size": 48 if fast else 100,
+        "task_eval_size": agent["eval_rows"] if agent else 48 if fast else 100,
         "eval_every": max(steps // (3 if fast else 5), 1),
         "samples_every": max(steps // 4, 1),
         "training": {
@@ -53,6 +65,8 @@ def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: 
             "per_device_train_batch_size": 32 if fast else 64,  # 4 or 8 prompts x 8 completions per step
             "num_generations": 8,
             "max_completion_length": get_task(task).completion_tokens or 48,
+            **({"per_device_train_batch_size": agent["batch"], "num_generations": agent["generations"]}
+               if agent else {}),
             "temperature": 1.0,
             "learning_rate": 7e-5,  # higher rates (2e-4, 5e-4) made both algorithms lose accuracy on this model
             "lr_scheduler_type": "constant",
@@ -71,16 +85,19 @@ def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int
                    output_dir: str = "runs/quickstart", fast: bool = False) -> Path:
     from .report import report
     from .run import check_output_dir, train
+    from .tasks import get_task
     from .tasks.warmstart import warm_start
 
     out = check_output_dir(output_dir)
     steps = steps or (6 if fast else 100)
     started = time.perf_counter()
-    warm = warm_start(task, out / "warmstart", seed=seed, time_budget_s=40.0 if fast else 450.0,
-                      max_steps=300 if fast else 2000, num_eval_rows=48 if fast else 100,
-                      target_accuracy=(0.2, 0.5) if fast else (0.3, 0.5),
-                      privileged_fraction=WARM_START_PRIVILEGED_FRACTION)
-    with_reference = self_teacher_accuracy(task, str(out / "warmstart"), num_rows=48 if fast else 100)
+    agent = _agent_fast(task, fast)
+    eval_rows = agent["eval_rows"] if agent else 48 if fast else 100
+    warm = warm_start(task, out / "warmstart", seed=seed, **{
+        "time_budget_s": 40.0 if fast else 450.0, "max_steps": 300 if fast else 2000, "num_eval_rows": eval_rows,
+        "target_accuracy": (0.2, 0.5) if fast else (0.3, 0.5), "privileged_fraction": WARM_START_PRIVILEGED_FRACTION,
+        **(agent["warm_start"] if agent else {})})
+    with_reference = self_teacher_accuracy(task, str(out / "warmstart"), num_rows=eval_rows)
     print(f"rlsd quickstart: warm start {'reused' if warm.reused else 'done'}: held-out accuracy "
           f"{warm.accuracy:.2f} after {warm.steps} SFT steps ({warm.seconds:.0f}s); with the reference in the "
           f"prompt (the self-teacher's view): {with_reference:.2f}", flush=True)
@@ -96,6 +113,8 @@ def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int
                "warm_start": {"accuracy": warm.accuracy, "steps": warm.steps, "seconds": warm.seconds,
                               "accuracy_with_reference": with_reference},
                "runs": rows, "total_seconds": round(time.perf_counter() - started, 1)}
+    if get_task(task).tools:  # an agent task
+        summary["tool_calls"] = {alg: _tool_call_stats(Path(d)) for alg, d in zip(QUICKSTART_ALGORITHMS, run_dirs)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     summary_md = out / "summary.md"
     summary_md.write_text(_summary_markdown(summary))
@@ -117,6 +136,23 @@ def _summary_markdown(summary: dict) -> str:
         "",
         markdown_table(summary["runs"]),
         "",
+        *[f"Tool calls per held-out episode, {alg}: {t['heldout_first']} before, {t['heldout_final']} after RL; "
+          f"{t['train_mean']} per training rollout on average." for alg, t in summary.get("tool_calls", {}).items()],
+        "",
         "![held-out accuracy and reward](report/curves.png)",
         "",
     ])
+
+
+def _tool_call_stats(run_dir: Path) -> dict:
+    """Agent runs: tool calls per held-out episode (first and last evaluation) and per training rollout."""
+    heldout, train = [], []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "eval/tool_calls_per_episode" in record:
+            heldout.append(record["eval/tool_calls_per_episode"])
+        if "tools/call_frequency" in record:
+            train.append(record["tools/call_frequency"])
+    return {"heldout_first": round(heldout[0], 2) if heldout else None,
+            "heldout_final": round(heldout[-1], 2) if heldout else None,
+            "train_mean": round(sum(train) / len(train), 2) if train else None}

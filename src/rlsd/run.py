@@ -122,6 +122,21 @@ def lora_config(spec: dict):
     return LoraConfig(task_type="CAUSAL_LM", **lora)
 
 
+def build_agent(run: dict) -> tuple[list, Any]:
+    """(tools, environment factory) from `tools:` / `environment:` import paths, else the built-in task's tools."""
+    from .agents import load_environment, load_tools
+
+    try:
+        tools, environment = load_tools(run.get("tools")), load_environment(run.get("environment"))
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    if not tools and run.get("task"):
+        from .tasks import get_task
+
+        tools = list(get_task(run["task"]).tools)
+    return tools, environment
+
+
 def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, extra_callbacks=()) -> PreparedRun:
     """Everything `RLSDTrainer` needs, from a run dict (`config.load_run_config`)."""
     from .callbacks import HeldOutEvalCallback, JsonlMetricsCallback
@@ -140,6 +155,7 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
 
     train_dataset, eval_rows, default_reward = build_datasets(run, seed=args.seed)
     reward_funcs, weights = build_rewards(run, default_reward)
+    tools, environment = build_agent(run)
     if weights is not None:
         args.reward_weights = weights
     peft_config = lora_config(run["lora"]) if run.get("lora") else None
@@ -147,7 +163,8 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
     callbacks = [JsonlMetricsCallback(out / "metrics.jsonl"), GracefulInterruptCallback(), *extra_callbacks]
     try:
         trainer = RLSDTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
-                              peft_config=peft_config, callbacks=callbacks)
+                              peft_config=peft_config, callbacks=callbacks, tools=tools or None,
+                              environment_factory=environment)
     except OSError as err:  # hub id unknown offline, missing weights, ...
         raise RunError(f"cannot load model {model!r}: {str(err).splitlines()[0]}") from None
     eval_reward = reward_funcs[0] if len(reward_funcs) == 1 else default_reward or reward_funcs[0]
@@ -155,7 +172,7 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
         trainer.add_callback(HeldOutEvalCallback(
             eval_rows, eval_reward, every_n_steps=int(run["eval_every"]), tokenizer=trainer.processing_class,
             trainer=trainer, max_new_tokens=int(run.get("eval_max_new_tokens") or args.max_completion_length),
-            samples_path=out / "samples.jsonl"))
+            samples_path=out / "samples.jsonl", **({"tools": tools} if tools else {})))
     if int(run.get("samples_every") or 0) > 0:
         trainer.add_callback(SamplesCallback(trainer, out / "samples.jsonl", int(run["samples_every"])))
         CreditRecorder(trainer, out / CREDIT_FILE, int(run["samples_every"]))  # per-token credit for `rlsd inspect`

@@ -8,11 +8,11 @@ of the problem). `get_task("arithmetic")` or `TASKS["countdown"]`.
 
 from __future__ import annotations
 
-from . import arithmetic, chain, countdown, linear, shapes
+from . import arithmetic, chain, countdown, linear, shapes, shop
 from .base import Task, extract_answer, normalize_answer
 
 TASKS: dict[str, Task] = {task.name: task for task in (arithmetic.TASK, linear.TASK, countdown.TASK, chain.TASK,
-                                                       shapes.TASK)}
+                                                       shapes.TASK, shop.TASK)}
 
 
 def get_task(name: str | Task) -> Task:

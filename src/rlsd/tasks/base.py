@@ -41,6 +41,9 @@ class Task:
     # (warm start 96, RL rollouts 48); None for short tasks.
     completion_tokens: int | None = None
     modality: str = "text"  # "image": rows carry an `image` and need a vision-language model
+    # Agent tasks: the tools the agent may call, and the worked episode (chat messages after the prompt) for SFT.
+    tools: tuple[Callable, ...] = ()
+    transcript: Callable[[Row], list[dict]] | None = None
 
     def __repr__(self) -> str:  # the functions make the dataclass repr unreadable
         return f"Task({self.name!r})"

@@ -23,7 +23,9 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from .base import Task
+from ..agent_rollout import sft_example
 from .tiny import build_char_tokenizer, build_tiny_model
+from .tiny_tools import build_tool_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -149,21 +151,24 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
     from ..evaluate import evaluate, render_prompt
 
     transformers.set_seed(s["seed"])
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_tool_tokenizer() if task.tools else build_char_tokenizer()
     model = build_tiny_model(
         tokenizer, hidden_size=s["hidden_size"], num_layers=s["num_layers"], num_heads=s["num_heads"],
         seed=s["seed"],
     )
     train_rows = task.make_rows(s["num_train_rows"], s["seed"], s["difficulty"], "train")
     eval_rows = task.make_rows(s["num_eval_rows"], s["seed"], s["difficulty"], "test")
-    examples = [{"prompt": render_prompt(r["prompt"], tokenizer), "completion": r["solution"] + tokenizer.eos_token}
-                for r in train_rows]
+    def example(row):
+        if task.transcript is not None:  # agent task: the worked episode, loss on the agent's turns only
+            return sft_example(tokenizer, row["prompt"], task.transcript(row), task.tools)
+        return {"prompt": render_prompt(row["prompt"], tokenizer), "completion": row["solution"] + tokenizer.eos_token}
+
+    examples = [example(r) for r in train_rows]
     num_privileged = round(s.get("privileged_fraction", 0.0) * len(train_rows))
     if num_privileged:
         from ..teacher import with_reference
 
-        examples += [{"prompt": render_prompt(r["prompt"], tokenizer), "completion": r["solution"] + tokenizer.eos_token}
-                     for r in with_reference(train_rows[:num_privileged], ("answer", "solution"))]
+        examples += [example(r) for r in with_reference(train_rows[:num_privileged], ("answer", "solution"))]
     dataset = Dataset.from_list(examples)
     low, high = s["target_accuracy"]
     history: list[dict[str, float]] = []
@@ -178,7 +183,7 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
     def measure(step: int) -> float:
         metrics = evaluate(
             model, tokenizer, eval_rows, task.reward, max_new_tokens=s["max_new_tokens"],
-            batch_size=len(eval_rows), progress=False,
+            batch_size=len(eval_rows), progress=False, tools=task.tools or None,
         )
         elapsed = round(time.perf_counter() - clock["start"], 1)
         history.append({"step": step, "accuracy": metrics["accuracy"], "elapsed_s": elapsed})
