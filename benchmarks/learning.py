@@ -54,6 +54,13 @@ FULL = {
     "seeds": "0,1,2,3,4", "warm_starts": "0,1", "eval_size": 500, "privileged_fraction": 0.5, "steps": 100,
     "out": "benchmarks/results/learning-full",
 }
+# SDPO as TRL's SDPOTrainer runs it by default (sampled-token reverse KL), with its demonstration in the wording
+# the reference-aware warm start taught the tiny student to read: it never saw TRL's re-prompt wording, and
+# cannot use a demonstration written that way (see RESULTS.md). Applied under any explicit variant fields.
+VARIANT_DEFAULTS = {
+    "sdpo": {"distill_divergence": "sampled_token",
+             "sdpo_template": "{prompt}\n\nA reference solution (for grading, do not copy): {demonstration}"},
+}
 # Metrics averaged over training for the "what did the teacher's weights do" table.
 TEACHER_METRICS = ("rlsd/delta_mean", "rlsd/delta_std", "rlsd/weight_mean", "rlsd/clip_low_frac",
                    "rlsd/clip_high_frac", "teacher/time_frac", "teacher/contrast_time_frac", "contrast/rows_frac",
@@ -87,7 +94,11 @@ def run_once(run: dict, out: Path) -> tuple[list[tuple[float, float]], dict[str,
 def variants_from(names: str, ablation: bool) -> dict[str, tuple[str, dict]]:
     if ablation:
         return {name: ("rlsd", fields) for name, fields in ABLATIONS.items()}
-    return {name: algorithm_variant(name) for name in names.split(",") if name.strip()}
+    variants = {}
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        algorithm, fields = algorithm_variant(name)
+        variants[name] = (algorithm, {**VARIANT_DEFAULTS.get(algorithm, {}), **fields})
+    return variants
 
 
 def plot(panels: dict[str, dict[str, list]], out_png: Path) -> None:

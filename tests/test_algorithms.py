@@ -64,6 +64,19 @@ def test_sdpo_teacher_prompt_holds_a_peer_success_and_not_its_own_completion(tin
     assert not any("Correct solution" in p or "feedback" in p for p in student), "the student prompt is unchanged"
 
 
+def test_sdpo_template_takes_the_raw_demonstration(tiny_model_dir, tmp_path):
+    dataset = make_dataset()
+    trainer = make(tiny_model_dir, tmp_path, positional_reward({0, 2}), dataset, algorithm="sdpo",
+                   sdpo_template="{prompt}\n\nA reference solution (for grading, do not copy): {demonstration}")
+    trainer.model.train()
+    rows = generation_batch(trainer, dataset)
+    batch = trainer._generate_and_score_completions(rows)
+    texts = completion_texts(trainer, batch)
+    prompts = decoded_teacher_prompts(trainer, rows, batch)
+    assert "(for grading, do not copy): " + texts[2] + "<|im_end|>" in prompts[0]
+    assert "Correct solution" not in prompts[0] and "Correctly solve" not in prompts[0]
+
+
 def test_sdpo_groups_without_success_fall_back_to_the_reference_else_grpo_only(tiny_model_dir, tmp_path):
     def reward(prompts, completions, **kwargs):  # first group: one success; second: signal but no success
         return [[1.0, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0][i] for i in range(len(completions))]
@@ -249,6 +262,7 @@ def test_sdpo_defaults_to_an_ema_teacher():
     ("distill_top_k", 0, {"algorithm": "opsd"}),
     ("distill_top_k", 4, {"algorithm": "sdpo", "distill_divergence": "sampled_token"}),
     ("sdpo_feedback_column", " ", {"algorithm": "sdpo"}),
+    ("sdpo_template", "{prompt} {solution}", {"algorithm": "sdpo"}),
 ])
 def test_bad_option_values_name_the_field(field, value, extra):
     with pytest.raises(ValueError, match=rf"^RLSDConfig\.{field}: "):

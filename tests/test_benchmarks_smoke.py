@@ -70,7 +70,7 @@ def test_learning_benchmark_quick(tmp_path):
     assert {p["variant"] for p in summary["paired"]} == {"rlsd", "sdpo", "grpo+opsd"}
     runs = json.loads((out / "runs.json").read_text())
     sdpo_means = next(r["training_means"] for r in runs if r["variant"] == "sdpo")
-    assert "sdpo/peer_demo_frac" in sdpo_means and "distill/divergence" in sdpo_means
+    assert "sdpo/peer_demo_frac" in sdpo_means and "distill/sampled_advantage" in sdpo_means
 
 
 @pytest.mark.slow

@@ -106,6 +106,11 @@ class RLSDConfig(GRPOConfig):
         default=1.0, metadata={"help": "sdpo: a rollout with reward >= this is a successful demonstration."})
     sdpo_feedback_column: str | None = field(
         default=None, metadata={"help": "sdpo: dataset column with environment feedback (e.g. an error message)."})
+    sdpo_template: str | None = field(
+        default=None,
+        metadata={"help": "sdpo: teacher prompt with {prompt}, {demonstration} and optionally {feedback} (raw texts); "
+                          "default: TRL SDPOTrainer's re-prompt."},
+    )
     teacher_contrast: str = field(
         default="none", metadata={"help": f"One of {TEACHER_CONTRASTS}: contrast the teacher with a wrong reference."})
     teacher_model: str | None = field(default=None, metadata={"help": "OPD: external teacher (hub id or path)."})
@@ -179,6 +184,11 @@ class RLSDConfig(GRPOConfig):
             fail("sdpo_lambda", f"must be in [0, 1], got {self.sdpo_lambda}")
         if self.sdpo_feedback_column is not None and not str(self.sdpo_feedback_column).strip():
             fail("sdpo_feedback_column", "must name a dataset column or be None")
+        if self.sdpo_template is not None:
+            names = set(template_fields(self.sdpo_template))
+            if not {"prompt", "demonstration"} <= names or not names <= {"prompt", "demonstration", "feedback"}:
+                fail("sdpo_template", "needs {prompt} and {demonstration}, and may use only {feedback} besides; "
+                                      f"got fields {sorted(names)}")
         if self.teacher_contrast not in TEACHER_CONTRASTS:
             fail("teacher_contrast", f"must be one of {TEACHER_CONTRASTS}, got {self.teacher_contrast!r}")
         if self.teacher_contrast != "none" and self.algorithm not in CONTRAST_ALGORITHMS:

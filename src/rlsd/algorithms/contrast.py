@@ -94,7 +94,7 @@ def add_wrong_reference(trainer, inputs: list[dict[str, Any]], output: dict[str,
         if trainer.args.algorithm == "sdpo":
             from .sdpo import SDPO_TEMPLATE
 
-            fields, template = ("demonstration",), SDPO_TEMPLATE
+            fields, template = ("demonstration",), trainer.args.sdpo_template or SDPO_TEMPLATE
         ids, mask = encode_prompts(trainer, [p for p, _ in filled], [r for _, r in filled], fields=fields,
                                    template=template)
     else:

@@ -32,6 +32,9 @@ Where ours differs, and why:
   per-sequence mean; the policy term follows TRL's `loss_type` as for every algorithm here.
 - Truncation: `teacher_max_prompt_length` cuts the demonstration's end, never the task prompt (TRL keeps
   the last `max_reprompt_len` tokens of the whole re-prompt).
+- `sdpo_template` replaces the re-prompt wording (TRL has three templates; ours is one with `{prompt}`,
+  `{demonstration}`, `{feedback}`): a model that learned to read references in one wording (our tiny
+  benchmark students) cannot read TRL's, and distilling that teacher collapses the student.
 """
 
 from __future__ import annotations
@@ -62,8 +65,10 @@ class TeacherContext:
     source: str | None = None  # "peer", "reference", "feedback" or None (no teacher for this row)
     peer: int | None = None  # batch index of the peer rollout used as the demonstration
 
-    def fields(self) -> dict[str, str]:
-        """Template fields: the demonstration and feedback blocks, empty when absent."""
+    def fields(self, custom_template: bool = False) -> dict[str, str]:
+        """Template fields: TRL's demonstration and feedback blocks (raw texts for a custom `sdpo_template`)."""
+        if custom_template:
+            return {"demonstration": self.demonstration, "feedback": self.feedback}
         return {"demonstration": DEMONSTRATION_TEMPLATE.format(text=self.demonstration) if self.demonstration else "",
                 "feedback": FEEDBACK_TEMPLATE.format(text=self.feedback) if self.feedback else ""}
 
@@ -142,27 +147,30 @@ def teacher_prompt_tensors(trainer, inputs: list[dict[str, Any]], output: dict[s
                    for i, _ in referenced]
         teacher.assert_student_blind(student, [row for _, row in referenced], "{prompt}{solution}")
 
-    prompts, fit_rows = _render(inputs, contexts)
-    ids, mask = encode_prompts(trainer, prompts, fit_rows, fields=("demonstration",), template=SDPO_TEMPLATE)
+    template = args.sdpo_template or SDPO_TEMPLATE
+    prompts, fit_rows = _render(inputs, contexts, args.sdpo_template)
+    ids, mask = encode_prompts(trainer, prompts, fit_rows, fields=("demonstration",), template=template)
     device = output["completion_ids"].device
     output["teacher_rows"] = torch.tensor([ctx.source is not None for ctx in contexts], dtype=torch.float32,
                                           device=device)
     if args.teacher_contrast == "wrong_reference":
-        output[contrast.WRONG_PROMPTS_KEY] = _wrong_prompts(inputs, contexts, first, group_size)
+        output[contrast.WRONG_PROMPTS_KEY] = _wrong_prompts(inputs, contexts, first, group_size, args.sdpo_template)
     _log_sources(trainer, contexts, rewards, group_size)
     return ids, mask
 
 
-def _render(rows: Sequence[Mapping[str, Any]], contexts: Sequence[TeacherContext]):
+def _render(rows: Sequence[Mapping[str, Any]], contexts: Sequence[TeacherContext], custom_template: str | None):
     prompts, fit_rows = [], []
+    template = custom_template or SDPO_TEMPLATE
     for row, ctx in zip(rows, contexts, strict=True):
-        fields = {"prompt": row["prompt"], **ctx.fields()}
-        prompts.append(teacher.teacher_prompt(row["prompt"], fields, SDPO_TEMPLATE) if ctx.source else row["prompt"])
+        fields = {"prompt": row["prompt"], **ctx.fields(custom_template is not None)}
+        prompts.append(teacher.teacher_prompt(row["prompt"], fields, template) if ctx.source else row["prompt"])
         fit_rows.append(fields)
     return prompts, fit_rows
 
 
-def _wrong_prompts(rows, contexts: Sequence[TeacherContext], first_index: int, group_size: int):
+def _wrong_prompts(rows, contexts: Sequence[TeacherContext], first_index: int, group_size: int,
+                   custom_template: str | None):
     """Contrast: each row's re-prompt with another group's demonstration (a different answer), or None."""
     has_answer = all("answer" in row for row in rows)
     keys = [None if not ctx.demonstration else
@@ -171,7 +179,7 @@ def _wrong_prompts(rows, contexts: Sequence[TeacherContext], first_index: int, g
     partners = contrast.wrong_reference_indices(keys, group_size, first_index)
     wrong = [None if j is None else TeacherContext(contexts[j].demonstration, ctx.feedback, ctx.source)
              for ctx, j in zip(contexts, partners, strict=True)]
-    prompts, fit_rows = _render(rows, [w or TeacherContext() for w in wrong])
+    prompts, fit_rows = _render(rows, [w or TeacherContext() for w in wrong], custom_template)
     return [(p, r) if w is not None else None for p, r, w in zip(prompts, fit_rows, wrong, strict=True)]
 
 
