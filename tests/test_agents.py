@@ -454,3 +454,35 @@ def test_agent_quickstart_fast_runs_rlsd_and_grpo_with_tools(tmp_path, capsys):
     saved = AutoTokenizer.from_pretrained(out / "warmstart")  # the warm start keeps its tool template and parser
     assert saved.response_template is not None and "<call>" in saved.chat_template
     assert "Tool calls per held-out episode, rlsd" in (out / "summary.md").read_text()
+
+
+class ObservedShop(Shop):
+    """An environment whose reset() adds an observation to the prompt."""
+
+    def reset(self, **row):
+        super().reset(**row)
+        return " Budget: 500."
+
+
+@pytest.mark.parametrize("algorithm", ["rlsd", "sdpo"])
+def test_every_teacher_prompt_starts_from_the_prompt_as_rolled_out(tool_model_dir, tmp_path, algorithm):
+    rows = make_rows()
+    for row in rows:
+        row["answer"] = str(int(row["answer"]) + len(row["item"]))  # distinct answers: a wrong reference exists
+    trainer = agent_trainer(tool_model_dir, tmp_path, rows=rows, tools=(), environment=ObservedShop,
+                            algorithm=algorithm, teacher_contrast="wrong_reference")
+    rendered = []
+    original = trainer._tokenize_prompts
+
+    def record(prompts):
+        rendered.extend(prompts)
+        return original(prompts)
+
+    trainer._tokenize_prompts = record
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(generation_batch(trainer, rows))
+    teacher_prompts = rendered[len(generation_batch(trainer, rows)):]  # after the student's own prompts
+    if algorithm == "rlsd":  # the right and the wrong reference were both rendered
+        assert batch["contrast_rows"].sum() > 0 and len(teacher_prompts) >= 2 * len(batch["completion_ids"])
+    assert teacher_prompts and all("Budget: 500." in p[-1]["content"] for p in teacher_prompts), \
+        "a teacher prompt lost the environment's observation"

@@ -86,7 +86,7 @@ class RLSDTrainer(GRPOTrainer):
         else:
             output["teacher_per_token_logps"] = self._teacher_logps(teacher_ids, teacher_mask, output)
         if self.args.teacher_contrast != "none":
-            contrast.add_wrong_reference(self, inputs, output, teacher_ids, teacher_mask)
+            contrast.add_wrong_reference(self, agents.teacher_rows(self, inputs), output, teacher_ids, teacher_mask)
         self._log_leakage(inputs, output)
         self._teacher_seconds += time.perf_counter() - start
         return output
