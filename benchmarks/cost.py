@@ -5,6 +5,10 @@
     python benchmarks/cost.py --smoke     # the script works; the numbers mean nothing
     python benchmarks/cost.py --lora --out benchmarks/results/cost-lora.json   # LoRA student, frozen base
     python benchmarks/cost.py --large --lora --threads 2 --out ...   # 57M student: memory where weights dominate
+    python benchmarks/cost.py --long-prompt --configs grpo,rlsd,noshare --out benchmarks/results/cost-long.json
+
+`noshare` is RLSD with `teacher_share_prefix=False` (one teacher forward per row, the pass before issue 14):
+`rlsd_vs_noshare` is what reading each teacher prompt once per group saves, measured in the same run.
 
 Every configuration trains the same student on the same prompts with the same seed, in its OWN subprocess
 (`cost_worker.py`), so that one run's memory high-water mark cannot pollute another's. Configurations
@@ -52,6 +56,7 @@ from pathlib import Path
 from cost_worker import LORA, RESULT_PREFIX, REWARDS
 
 CONFIGS = ("grpo", "rlsd", "opd2x", "opd4x", "trl")
+EXTRA_CONFIGS = ("noshare",)  # on request (--configs): rlsd with teacher_share_prefix=False
 PRESETS = {  # student size, batch and lengths; teachers are sized from the student (2x / 4x parameters)
     "full": dict(hidden=256, layers=4, heads=4, batch=8, generations=4, completion=96, warmup=2, steps=5, rounds=5),
     "quick": dict(hidden=128, layers=4, heads=4, batch=8, generations=4, completion=48, warmup=1, steps=3, rounds=1),
@@ -82,7 +87,7 @@ def teacher_hidden(student_params: int, ratio: float, layers: int, heads: int) -
     return min(candidates, key=lambda h: abs(count_params(h, layers, heads) / student_params - ratio))
 
 
-def build_models(workdir: Path, preset: dict) -> dict[str, dict]:
+def build_models(workdir: Path, preset: dict, max_positions: int = 512) -> dict[str, dict]:
     """Student and 2x/4x teachers (same char tokenizer), saved as HF directories."""
     from rlsd.tasks.tiny import save_tiny_model
 
@@ -92,7 +97,8 @@ def build_models(workdir: Path, preset: dict) -> dict[str, dict]:
              "teacher4x": teacher_hidden(student, 4, layers, heads)}
     models = {}
     for name, hidden in sizes.items():
-        path = save_tiny_model(workdir / name, hidden_size=hidden, num_layers=layers, num_heads=heads)
+        path = save_tiny_model(workdir / name, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                               max_position_embeddings=max_positions)
         params = count_params(hidden, layers, heads)
         models[name] = {"path": str(path), "hidden": hidden, "layers": layers, "params": params,
                         "param_ratio": params / student}
@@ -138,7 +144,8 @@ def aggregate(results: list[dict], rounds: int) -> dict:
             "mean_step_cpu_time": statistics.median(r["mean_step_cpu_time"] for r in runs),
         }
     pairs = {"rlsd_vs_grpo": ("rlsd", "grpo"), "rlsd_vs_opd2x": ("rlsd", "opd2x"), "rlsd_vs_opd4x": ("rlsd", "opd4x"),
-             "rlsd_vs_trl": ("rlsd", "trl"), "grpo_vs_trl": ("grpo", "trl")}
+             "rlsd_vs_trl": ("rlsd", "trl"), "grpo_vs_trl": ("grpo", "trl"), "noshare_vs_grpo": ("noshare", "grpo"),
+             "rlsd_vs_noshare": ("rlsd", "noshare")}
     ratios, spread = {}, {}
     for key, (a, b) in pairs.items():
         if a not in by_name or b not in by_name:
@@ -157,6 +164,8 @@ def aggregate(results: list[dict], rounds: int) -> dict:
         c["teacher_forward_frac"] = c["phases_mean"].get("teacher_forward", 0.0) / c["mean_step_time"]
         c["profile_cpu"] = phase_profile(c, cpu=True)
     ratios["rlsd/teacher_time_frac"] = per_config.get("rlsd", {}).get("trainer_teacher_time_frac")
+    if "noshare" in per_config:
+        ratios["noshare/teacher_time_frac"] = per_config["noshare"]["trainer_teacher_time_frac"]
     return {"per_config": per_config, "ratios": ratios, "ratios_per_round": spread}
 
 
@@ -182,7 +191,9 @@ def phase_profile(c: dict, cpu: bool = True) -> dict[str, float]:
 def format_report(summary: dict) -> str:
     meta, ratios, spread = summary["meta"], summary["ratios"], summary["ratios_per_round"]
     models = meta["models"]
-    lines = [f"RLSD cost benchmark ({meta['mode']}, {meta.get('reward', 'dense')} reward) on {meta['machine']}",
+    long_prompt = ", long prompts" if meta.get("long_prompt") else ""
+    lines = [f"RLSD cost benchmark ({meta['mode']}, {meta.get('reward', 'dense')} reward{long_prompt}) on "
+             f"{meta['machine']}",
              f"student {models['student']['params'] / 1e6:.2f}M params (hidden {models['student']['hidden']}, "
              f"{models['student']['layers']} layers"
              + (f", LoRA r={meta['lora']['r']} on all linear layers, base frozen" if meta.get("lora")
@@ -211,7 +222,7 @@ def format_report(summary: dict) -> str:
         lines.append(f"{name:<8}{c['median_step_time']:>8.3f}{c['median_step_cpu_time']:>8.3f}{c['peak_mb']:>9.1f}"
                      f"{c['setup_mb']:>9.1f}{'' if frac is None else f'{frac:.1%}':>9}"
                      f"{c['teacher_forward_frac']:>6.0%}  {phases}")
-    configs = [n for n in ("grpo", "rlsd", "opd2x") if n in summary["per_config"]]
+    configs = [n for n in ("grpo", "rlsd", "noshare", "opd2x") if n in summary["per_config"]]
     lines += ["", "where the time goes (mean CPU seconds per step; the buckets add up to the step):",
               f"{'phase':<26}" + "".join(f"{n:>9}" for n in configs)
               + (f"{'rlsd-grpo':>11}" if {"rlsd", "grpo"} <= set(configs) else "")]
@@ -220,7 +231,7 @@ def format_report(summary: dict) -> str:
                     else summary["per_config"][n]["profile_cpu"][bucket]) for n in configs}
         diff = f"{vals['rlsd'] - vals['grpo']:>+11.3f}" if {"rlsd", "grpo"} <= set(configs) else ""
         lines.append(f"{bucket:<26}" + "".join(f"{vals[n]:>9.3f}" for n in configs) + diff)
-    rlsd = summary["per_config"].get("rlsd", {})
+    rlsd = summary["per_config"].get("rlsd", summary["per_config"].get("noshare", {}))
     if rlsd.get("teacher_prompt_tokens") is not None:
         lines.append(f"\nrlsd prompt tokens: student {rlsd['student_prompt_tokens']:.0f}, teacher "
                      f"{rlsd['teacher_prompt_tokens']:.0f} (+ {meta['preset']['completion']} completion tokens each); "
@@ -246,7 +257,7 @@ def machine_description(threads: int = 0) -> str:
 
 
 def _schedule(names: list[str], preset: dict, models: dict, tmp: Path, threads: int, reward: str,
-              lora: bool = False) -> list[dict]:
+              lora: bool = False, context_chars: int = 0) -> list[dict]:
     """Worker configs, round by round, the order rotated each round."""
     teachers = {"opd2x": models["teacher2x"]["path"], "opd4x": models["teacher4x"]["path"]}
     cfgs = []
@@ -255,6 +266,7 @@ def _schedule(names: list[str], preset: dict, models: dict, tmp: Path, threads: 
         for name in names[shift:] + names[:shift]:
             cfgs.append({**preset, "name": name, "round": rnd, "student": models["student"]["path"],
                          "teacher": teachers.get(name), "threads": threads, "reward": reward, "lora": lora,
+                         "context_chars": context_chars,
                          "output_dir": str(tmp / f"out-{name}-{rnd}")})
     return cfgs
 
@@ -269,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="measured steps per run (after warm-up)")
     parser.add_argument("--warmup", type=int, default=None, help="discarded steps per run")
     parser.add_argument("--rounds", type=int, default=None, help="repeats of every configuration, order rotated")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"subset of {','.join(CONFIGS + EXTRA_CONFIGS)}")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads per worker (0: torch's default). 1 by default: on a shared "
                              "small CPU box, OpenMP threads stall whenever another process takes a core")
@@ -283,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora", action="store_true",
                         help=f"LoRA student ({LORA['r']=}, all linear layers, frozen base) in every config; "
                              "OPD's teacher stays a full frozen model")
+    parser.add_argument("--long-prompt", action="store_true",
+                        help="put background text before every question so the teacher prompt is >= 4x the "
+                             "completion length (where reading it once per group matters most)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -292,15 +308,17 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = set(names) - set(CONFIGS)
+    unknown = set(names) - set(CONFIGS) - set(EXTRA_CONFIGS)
     if unknown:
         parser.error(f"unknown configs {sorted(unknown)}")
     started = time.time()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     results = []
     with tempfile.TemporaryDirectory(prefix="rlsd-cost-") as tmp:
-        models = build_models(Path(tmp), preset)
-        cfgs = _schedule(names, preset, models, Path(tmp), args.threads, args.reward, args.lora)
+        # The default prompts' teacher context is ~110 tokens; this much background makes it >= 4x the completion.
+        context_chars = 4 * preset["completion"] if args.long_prompt else 0
+        models = build_models(Path(tmp), preset, max_positions=max(512, 6 * preset["completion"] + 256))
+        cfgs = _schedule(names, preset, models, Path(tmp), args.threads, args.reward, args.lora, context_chars)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -312,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = aggregate(results, preset["rounds"])
     load = [r["loadavg_1min"][0] for r in results if r["loadavg_1min"][0] is not None]
     summary["meta"] = {"mode": mode, "reward": args.reward, "lora": LORA if args.lora else None,
+                       "long_prompt": args.long_prompt,
                        "preset": preset, "machine": machine_description(args.threads),
                        "configs": names, "threads": args.threads, "jobs": args.jobs,
                        "models": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in models.items()},

@@ -23,12 +23,19 @@ RESULT_PREFIX = "COST_RESULT "
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")  # the `--lora` student
 
 
-def make_rows(n: int = 64) -> list[dict]:
-    """Arithmetic prompts with a reference answer and a worked solution (the privileged text)."""
+CONTEXT = "Background: the numbers below are whole numbers written in base ten, and the sum is exact. "
+
+
+def make_rows(n: int = 64, context_chars: int = 0) -> list[dict]:
+    """Arithmetic prompts with a reference answer and a worked solution (the privileged text).
+
+    `context_chars` > 0 puts that many characters of background text before each question (long-prompt case).
+    """
     rows = []
+    context = (CONTEXT * (context_chars // len(CONTEXT) + 1))[:context_chars]
     for i in range(n):
         a, b = 17 + 7 * i % 83, 29 + 13 * i % 71
-        rows.append({"prompt": [{"role": "user", "content": f"Compute {a}+{b}. Think step by step."}],
+        rows.append({"prompt": [{"role": "user", "content": f"{context}Compute {a}+{b}. Think step by step."}],
                      "answer": str(a + b), "solution": f"{a}+{b}={a + b}"})
     return rows
 
@@ -130,7 +137,7 @@ def _build_trainer(cfg: dict):
                   generation_kwargs={"min_new_tokens": cfg["completion"]}, max_steps=cfg["warmup"] + cfg["steps"],
                   learning_rate=1e-5, logging_steps=1, save_strategy="no", report_to=[], use_cpu=not cuda,
                   seed=0, disable_tqdm=True, bf16=cuda and torch.cuda.is_bf16_supported(), dataloader_num_workers=0)
-    dataset = Dataset.from_list(make_rows())
+    dataset = Dataset.from_list(make_rows(context_chars=cfg.get("context_chars", 0)))
     peft = {}
     if cfg.get("lora"):  # frozen base + adapters; a LoRA student's `live` teacher is the same adapted model
         from peft import LoraConfig
@@ -144,8 +151,12 @@ def _build_trainer(cfg: dict):
                            train_dataset=dataset, **peft)
     from rlsd import RLSDConfig, RLSDTrainer
 
-    extra = {"algorithm": cfg["name"]} if cfg["name"] in ("rlsd", "grpo") else {
-        "algorithm": "opd", "teacher_model": cfg["teacher"]}
+    if cfg["name"] == "noshare":  # RLSD with one teacher forward per row (the pass before teacher_share_prefix)
+        extra = {"algorithm": "rlsd", "teacher_share_prefix": False}
+    elif cfg["name"] in ("rlsd", "grpo"):
+        extra = {"algorithm": cfg["name"]}
+    else:
+        extra = {"algorithm": "opd", "teacher_model": cfg["teacher"]}
     return RLSDTrainer(model=cfg["student"], reward_funcs=REWARDS[cfg["reward"]], args=RLSDConfig(**common, **extra),
                        train_dataset=dataset, **peft)
 

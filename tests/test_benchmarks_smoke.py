@@ -36,8 +36,8 @@ def test_cost_benchmark_smoke(tmp_path):
 def test_cost_benchmark_smoke_with_a_lora_student(tmp_path):
     out = tmp_path / "cost-lora.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "cost.py"), "--smoke", "--lora", "--configs", "grpo,rlsd,opd2x",
-         "--jobs", "2", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "cost.py"), "--smoke", "--lora", "--configs",
+         "grpo,rlsd,opd2x,noshare", "--jobs", "2", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=280,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -47,6 +47,7 @@ def test_cost_benchmark_smoke_with_a_lora_student(tmp_path):
     for run in result["raw"]:  # only the adapters train; the base (and OPD's teacher) stay frozen
         assert 0 < run["trainable_params"] < student_params, run["name"]
     assert isinstance(result["ratios"]["rlsd_vs_opd2x/peak_mb"], float)
+    assert result["ratios"]["rlsd_vs_noshare/step_time"] > 0  # shared-prefix teacher pass vs one forward per row
 
 
 @pytest.mark.slow
@@ -87,3 +88,24 @@ def test_gpu_check_vlm_smoke(tmp_path):
     assert [r["algorithm"] for r in summary["results"]] == ["grpo", "rlsd"]
     assert all(r["pixel_values_in_batch"] and r["steps"] == 2 for r in summary["results"])
     assert summary["results"][1]["teacher_time_frac"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_gpu_check_smoke_runs_every_part_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py --smoke: the GPU check's code path on a tiny model, so it cannot rot before a GPU run."""
+    out = tmp_path / "gpu"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=380,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((out / "gpu_check.json").read_text())
+    teacher = result["teacher_pass"]
+    assert teacher["max_abs_logp_diff"] < 1e-4 and teacher["shared_seconds"] > 0 and teacher["unshared_seconds"] > 0
+    assert result["train"]["all_finite"] and len(result["train"]["steps"]) == 2
+    assert result["train_vllm"].startswith("skipped")
+    assert set(result["cost"]["per_config"]) == {"grpo", "rlsd", "opd2x"}
+    for key in ("rlsd_vs_grpo/step_time", "rlsd_vs_grpo/peak_mb", "rlsd_vs_opd2x/step_time", "rlsd/teacher_time_frac"):
+        assert result["cost"]["ratios"][key] > 0, key
+    assert "shared prefix" in (out / "gpu_check.txt").read_text()

@@ -110,3 +110,10 @@ def test_report_writes_markdown_with_table_and_relative_links(runs, tmp_path):
     page = report.write_markdown_summary([rlsd], tmp_path / "pages" / "r.md", title="One run",
                                          images=[result["plots"]["reward"]])
     assert "# One run" in page.read_text() and "](../out/reward.png)" in page.read_text()
+
+
+def test_moving_average_is_a_trailing_mean_of_the_same_length():
+    from rlsd.report import moving_average
+
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert moving_average([], 3) == []

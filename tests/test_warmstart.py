@@ -79,3 +79,23 @@ def test_privileged_fraction_adds_reference_prompts_and_keeps_old_warm_starts_re
     assert not any("A reference solution" in r["prompt"] for r in captured[-1])
     with pytest.raises(ValueError, match="privileged_fraction"):
         warm_start("arithmetic", tmp_path / "x", privileged_fraction=1.5, **TINY)
+
+
+def test_fixed_steps_warm_start_is_reproducible_and_the_time_cap_warns(tmp_path, capsys):
+    """Reproducible mode: exactly fixed_steps steps, deterministic kernels, one thread, length-grouped batches."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    settings = dict(seed=0, fixed_steps=6, num_threads=1, deterministic=True, group_by_length=True,
+                    privileged_fraction=0.5, **{k: v for k, v in TINY.items() if k != "max_steps"})
+    first = warm_start("arithmetic", tmp_path / "a", **settings)
+    second = warm_start("arithmetic", tmp_path / "b", **settings)
+    assert first.steps == second.steps == 6 and not first.capped
+    assert [h["step"] for h in first.history] == [6], "one evaluation, at the end"
+    weights = [AutoModelForCausalLM.from_pretrained(tmp_path / d).state_dict() for d in ("a", "b")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "same command, same checkpoint"
+    assert not torch.are_deterministic_algorithms_enabled(), "the global flag is restored"
+
+    capped = warm_start("arithmetic", tmp_path / "c", **{**settings, "fixed_steps": 500, "time_budget_s": 0.0})
+    assert capped.capped and capped.steps < 500
+    assert "NOT the reproducible one" in capsys.readouterr().out

@@ -154,6 +154,21 @@ def _pyplot():
     return plt
 
 
+SMOOTHED = ("reward",)  # per-step metrics drawn raw (faint) with a moving average over them
+SMOOTHING_WINDOW = 10
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values (fewer at the start), same length as `values`."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def _plot_panels(runs: list[tuple[str, list[dict]]], out_png: PathLike, metrics: Sequence[str],
                  title: str | None = None) -> Path:
     plt = _pyplot()
@@ -164,7 +179,13 @@ def _plot_panels(runs: list[tuple[str, list[dict]]], out_png: PathLike, metrics:
             steps, values = series(records, metric)
             if not values:
                 continue
-            ax.plot(steps, values, marker="o" if len(values) < 20 else None, markersize=3, label=label)
+            if metric in SMOOTHED and len(values) >= 2 * SMOOTHING_WINDOW:
+                # Per-step values are noisy: the raw line faint, a trailing moving average on top in the same colour.
+                raw, = ax.plot(steps, values, alpha=0.3, linewidth=0.8)
+                ax.plot(steps, moving_average(values, SMOOTHING_WINDOW), color=raw.get_color(),
+                        label=f"{label} ({SMOOTHING_WINDOW}-step mean)")
+            else:
+                ax.plot(steps, values, marker="o" if len(values) < 20 else None, markersize=3, label=label)
             plotted += 1
         ax.set_title(metric)
         ax.set_xlabel("step")

@@ -167,6 +167,11 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
                               environment_factory=environment)
     except OSError as err:  # hub id unknown offline, missing weights, ...
         raise RunError(f"cannot load model {model!r}: {str(err).splitlines()[0]}") from None
+    if any(getattr(cb, "replaces_log_printer", False) for cb in extra_callbacks):  # e.g. CompactProgressCallback
+        from transformers import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
     eval_reward = reward_funcs[0] if len(reward_funcs) == 1 else default_reward or reward_funcs[0]
     if eval_rows and int(run.get("eval_every") or 0) > 0:
         trainer.add_callback(HeldOutEvalCallback(

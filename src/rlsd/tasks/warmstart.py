@@ -44,6 +44,7 @@ class WarmStartResult:
     steps: int
     seconds: float
     reused: bool = False
+    capped: bool = False  # fixed_steps mode stopped early by the time_budget_s safety cap (not reproducible)
     num_parameters: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +71,9 @@ def warm_start(
     max_new_tokens: int | None = None,
     num_threads: int | None = None,
     privileged_fraction: float = 0.0,
+    fixed_steps: int | None = None,
+    deterministic: bool = False,
+    group_by_length: bool = False,
     force: bool = False,
     progress: bool = True,
 ) -> WarmStartResult:
@@ -88,6 +92,16 @@ def warm_start(
     still measured on plain prompts. `num_threads` caps torch's CPU threads
     for the run (on a busy machine one thread beats two spinning ones); None
     keeps torch's setting. `max_new_tokens` (evaluation) defaults to the task's `completion_tokens`, else 96.
+
+    Reproducible mode (what `rlsd quickstart` uses): `fixed_steps` trains exactly
+    that many steps, chosen beforehand to land in the band, and evaluates once
+    at the end; `time_budget_s` is then only a safety cap, and hitting it
+    warns loudly (the checkpoint is no longer the reproducible one). With
+    `deterministic` (torch deterministic algorithms) and a fixed `num_threads`,
+    the same command on the same kind of CPU gives the same checkpoint whatever
+    else the machine is doing; other CPUs can round differently. `group_by_length`
+    batches rows of similar length (the reference-in-prompt rows are longer),
+    so batches are not padded to their longest row.
     """
     from .. import tasks as registry
 
@@ -109,6 +123,14 @@ def warm_start(
     )
     if privileged_fraction:  # only when used, so that existing warm starts stay reusable
         settings["privileged_fraction"] = privileged_fraction
+    if fixed_steps is not None:
+        if fixed_steps < 1:
+            raise ValueError(f"fixed_steps must be positive, got {fixed_steps}")
+        settings.update(fixed_steps=fixed_steps, max_steps=fixed_steps)
+    if deterministic:
+        settings.update(deterministic=True, num_threads=num_threads)
+    if group_by_length:
+        settings["group_by_length"] = True
     if not force and (previous := load_result(output_dir)) is not None and previous.settings == settings:
         logger.info("warm start: reusing %s (accuracy %.2f)", output_dir, previous.accuracy)
         previous.reused = True
@@ -117,7 +139,7 @@ def warm_start(
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RESULT_FILE).unlink(missing_ok=True)  # never leave a stale "finished" marker beside new weights
     started = time.perf_counter()
-    with _torch_threads(num_threads):
+    with _torch_threads(num_threads), _deterministic(deterministic):
         result = _train(task, output_dir, settings, progress=progress)
     result.seconds = round(time.perf_counter() - started, 1)
     _write_json(output_dir / RESULT_FILE, asdict(result))
@@ -172,12 +194,14 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
     dataset = Dataset.from_list(examples)
     low, high = s["target_accuracy"]
     history: list[dict[str, float]] = []
-    # The bar runs on the time budget (the honest upper bound on the wait); the postfix shows steps and accuracy.
-    bar = tqdm(
-        total=round(s["time_budget_s"]), desc=f"warm start {task.name}", disable=not progress,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt}s{postfix}",
+    fixed_steps = s.get("fixed_steps")
+    bar = tqdm(  # fixed_steps: counts steps; otherwise runs on the time budget, the honest bound on the wait
+        total=fixed_steps or round(s["time_budget_s"]), desc=f"warm start {task.name}", disable=not progress,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt}" + ("" if fixed_steps else "s") + "{postfix}",
     )
     status = {"step": 0, "acc": "-", "target": f"{low:.2f}-{high:.2f}"}
+    fixed = fixed_steps is not None
+    stopped: dict[str, int] = {}
     clock = {"start": time.perf_counter()}
 
     def measure(step: int) -> float:
@@ -198,8 +222,13 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
 
         def on_step_end(self, args, state, control, **kwargs):
             status["step"] = state.global_step
-            bar.update(min(bar.total, time.perf_counter() - clock["start"]) - bar.n)
+            bar.update((state.global_step if fixed else min(bar.total, time.perf_counter() - clock["start"])) - bar.n)
             out_of_time = time.perf_counter() - clock["start"] > s["time_budget_s"]
+            if fixed:  # reproducible mode: exactly fixed_steps steps, one evaluation at the end
+                if out_of_time and state.global_step < s["fixed_steps"]:
+                    stopped["early"] = state.global_step
+                    control.should_training_stop = True
+                return control
             if state.global_step < self.next_eval and not out_of_time:
                 return control
             accuracy = measure(state.global_step)
@@ -219,6 +248,7 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
             # Long-horizon rows with the reference in the prompt run to ~560 tokens; short tasks stay at 256.
             max_length=256 if s["max_new_tokens"] <= 96 else 1024,
             dataset_num_proc=None, use_cpu=not _has_accelerator(),
+            **({"train_sampling_strategy": "group_by_length"} if s.get("group_by_length") else {}),
         )
         trainer = SFTTrainer(
             model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[BandStop()]
@@ -234,6 +264,12 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
 
     accuracy = history[-1]["accuracy"]
     in_band = low <= accuracy <= high
+    if stopped:
+        message = (f"WARNING: the warm start hit its {s['time_budget_s']:.0f}s safety cap after {stopped['early']} of "
+                   f"{s['fixed_steps']} steps (this machine is slower or busier than expected). The checkpoint is "
+                   f"NOT the reproducible one: held-out accuracy {accuracy:.2f}.")
+        logger.warning(message)
+        print("\n" + "!" * 100 + "\n" + message + "\n" + "!" * 100, flush=True)
     if not in_band:
         logger.warning(
             "warm start for %s ended at held-out accuracy %.2f, outside the target band %.2f-%.2f",
@@ -241,7 +277,7 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
         )
     return WarmStartResult(
         output_dir=str(output_dir), task=task.name, accuracy=accuracy, in_band=in_band,
-        steps=trainer.state.global_step, seconds=0.0, num_parameters=model.num_parameters(),
+        steps=trainer.state.global_step, seconds=0.0, capped=bool(stopped), num_parameters=model.num_parameters(),
         history=history, settings=s,
     )
 
@@ -257,6 +293,20 @@ def _torch_threads(num_threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """torch deterministic algorithms inside the block (CPU kernels that have no deterministic variant raise)."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 @contextmanager
