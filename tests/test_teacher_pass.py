@@ -114,21 +114,26 @@ def test_fallback_where_sharing_cannot_apply(tiny_model_dir, tmp_path):
                                                num_attention_heads=2, num_key_value_heads=1, sliding_window=4))
     assert "sliding" in teacher_pass.share_prefix_blocker(sliding)
 
-    # In the trainer: a multimodal batch takes the plain pass (never the shared one) and gives the same numbers.
+    # In the trainer: multimodal rows never take the shared pass ...
     rows, batch = batch_of(trainer)
+    assert trainer._shares_teacher_prefix(model, batch)
+    for key in ("pixel_values", "image_grid_thw", "teacher_mm_token_type_ids"):
+        assert not trainer._shares_teacher_prefix(model, {**batch, key: torch.ones(1, 3)}), key
+    # ... and wherever a blocker is named, the plain pass runs and gives the same numbers.
     teacher_ids, teacher_mask = trainer._teacher_prompt_tensors(rows, batch)
     expected = trainer._teacher_logps(teacher_ids, teacher_mask, batch)
     trainer_module = __import__("rlsd.trainer", fromlist=["teacher_pass"])
-    original = trainer_module.teacher_pass.shared_prefix_logps
+    original = (trainer_module.teacher_pass.shared_prefix_logps, trainer_module.teacher_pass.share_prefix_blocker)
 
     def refuse(*args, **kwargs):
-        raise AssertionError("shared pass used on a multimodal batch")
+        raise AssertionError("shared pass used although a blocker was named")
 
     trainer_module.teacher_pass.shared_prefix_logps = refuse
+    trainer_module.teacher_pass.share_prefix_blocker = lambda *args, **kwargs: "no cache support"
     try:
-        got = trainer._teacher_logps(teacher_ids, teacher_mask, {**batch, "image_grid_thw": torch.ones(1, 3)})
+        got = trainer._teacher_logps(teacher_ids, teacher_mask, batch)
     finally:
-        trainer_module.teacher_pass.shared_prefix_logps = original
+        trainer_module.teacher_pass.shared_prefix_logps, trainer_module.teacher_pass.share_prefix_blocker = original
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 

@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 
-MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "num_images",
-                   "token_type_ids", "mm_token_type_ids", "image_position_ids", "spatial_shapes", "num_tiles")
+from .multimodal import FORWARD_FIELDS, TEACHER_PREFIX
+
+# Batch keys that mean the teacher forward carries vision inputs (the student's, or the teacher prompt's own).
+MULTIMODAL_KEYS = (*FORWARD_FIELDS, "image_position_ids", *(TEACHER_PREFIX + k for k in FORWARD_FIELDS))
 
 
 def _base_model(module: torch.nn.Module) -> torch.nn.Module:
