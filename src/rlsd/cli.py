@@ -139,9 +139,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .evaluate import evaluate
+    from .evaluate import evaluate, load_model
     from .run import RunError, check_model_path
 
     model_path = check_model_path(args.model)
@@ -170,8 +168,7 @@ def cmd_eval(args) -> int:
 
         reward_fn = get_reward(args.reward or "math")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path)
+        model, tokenizer = load_model(model_path)  # a VLM comes with its processor
     except OSError as err:
         raise RunError(f"cannot load model {args.model!r}: {str(err).splitlines()[0]}") from None
     metrics = evaluate(model, tokenizer, rows, reward_fn, k=args.k, num_samples=args.num_samples,

@@ -1,9 +1,10 @@
-"""Held-out evaluation: greedy accuracy, pass@k and maj@k for any HF causal LM.
+"""Held-out evaluation: greedy accuracy, pass@k and maj@k for any HF causal LM or vision-language model.
 
 Works with hub models and the tiny local ones alike: chat-message prompts go
 through the tokenizer's chat template (with the assistant header appended),
 plain-string prompts are used as they are, batches are left-padded and run
-through `model.generate`. Rewards are computed with the same TRL-signature
+through `model.generate`. Rows with images (`image`/`images`, TRL's convention)
+go through the VLM's processor with their images. Rewards are computed with the same TRL-signature
 reward functions used for training, so "accuracy" here means what the
 training reward means.
 """
@@ -76,9 +77,39 @@ def _score(reward_fn: RewardFn, rows: list[dict], texts: list[str], prompt_colum
     return [float("nan") if r is None else float(r) for r in rewards]
 
 
+def load_model(path: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of a causal LM, or (model, processor) of a vision-language model, from `path`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def _text_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizer itself, or a VLM processor's tokenizer."""
+    return getattr(tokenizer, "tokenizer", tokenizer)
+
+
+def _encode(tokenizer: Any, prompts: list[Any], images: list[list[Any] | None] | None) -> Any:
+    """Left-padded model inputs; with `images`, through the VLM processor (pixel values and all)."""
+    if images is None or not any(images):
+        texts = [render_prompt(p, tokenizer) for p in prompts]
+        return _text_tokenizer(tokenizer)(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    from trl.data_utils import prepare_multimodal_messages
+
+    texts = [render_prompt(prepare_multimodal_messages(list(p), images=imgs) if imgs else p, tokenizer)
+             for p, imgs in zip(prompts, images)]
+    flat = [img for imgs in images if imgs for img in imgs]
+    return tokenizer(images=flat, text=texts, return_tensors="pt", padding=True)
+
+
 @contextmanager
 def _eval_mode(model: Any, tokenizer: Any) -> Iterator[None]:
     """Eval mode, no grad and left padding for the duration; restores what it found."""
+    tokenizer = _text_tokenizer(tokenizer)
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
@@ -102,13 +133,16 @@ def generate(
     batch_size: int = 64,
     progress: bool = True,
     desc: str = "generate",
+    images: list[list[Any] | None] | None = None,
 ) -> list[list[str]]:
     """Completions (decoded, special tokens dropped) for each prompt, `num_return_sequences` each.
 
     `batch_size` counts sequences, so sampling n per prompt batches `batch_size // n` prompts at a time.
     Sampling is pure temperature sampling (no top-k/top-p), whatever the model's generation config says.
+    For a vision-language model pass its processor as `tokenizer` and each prompt's images as `images`.
     """
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    text_tokenizer = _text_tokenizer(tokenizer)
+    pad_id = text_tokenizer.pad_token_id if text_tokenizer.pad_token_id is not None else text_tokenizer.eos_token_id
     gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id)
     if greedy:
         gen_kwargs.update(do_sample=False, num_beams=1)
@@ -120,12 +154,12 @@ def generate(
     with _eval_mode(model, tokenizer):
         step = max(1, batch_size // num_return_sequences)
         for start in range(0, len(prompts), step):
-            texts = [render_prompt(p, tokenizer) for p in prompts[start : start + step]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            batch = prompts[start : start + step]
+            enc = _encode(tokenizer, batch, images[start : start + step] if images else None).to(device)
             seqs = model.generate(**enc, num_return_sequences=num_return_sequences, **gen_kwargs)
-            decoded = tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            decoded = text_tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out.extend(decoded[i : i + num_return_sequences] for i in range(0, len(decoded), num_return_sequences))
-            bar.update(len(texts))
+            bar.update(len(batch))
     bar.close()
     return out
 
@@ -181,7 +215,9 @@ def evaluate(
 
         extract_answer = default_extract
     prompts = [r[prompt_column] for r in rows]
-    common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    from .multimodal import row_images
+
+    common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, images=row_images(rows))
     metrics: dict[str, Any] = {"num_rows": len(rows)}
     records = [{"prompt": render_prompt(p, tokenizer), "answer": r.get("answer")} for p, r in zip(prompts, rows)]
 
