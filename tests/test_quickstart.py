@@ -32,3 +32,17 @@ def test_quickstart_fast_writes_parseable_outputs(tmp_path, capsys):
     assert "| rlsd" in text and "| grpo" in text and "report/curves.png" in text
     assert "with the reference in the prompt" in text
     assert "summary in" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_visual_quickstart_fast_trains_a_tiny_vlm(tmp_path):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--task", "shapes", "--fast", "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["algorithm"] for row in summary["runs"]] == ["rlsd", "grpo"]
+    assert all(row["steps"] == summary["steps"] == 3 for row in summary["runs"])
+    config = json.loads((out / "warmstart" / "config.json").read_text())
+    assert config["model_type"] == "llava"  # the warm start built a VLM with its processor
+    assert (out / "warmstart" / "processor_config.json").exists()
+    assert (out / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -207,7 +207,7 @@ class HeldOutEvalCallback(TrainerCallback):
         tokenizer = self.tokenizer or kwargs.get("processing_class") or kwargs.get("tokenizer")
         if model is None or tokenizer is None:
             raise ValueError("HeldOutEvalCallback needs a model and a tokenizer (pass tokenizer=...)")
-        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
+        # a VLM processor stays whole: evaluate() feeds image rows through it, text through its tokenizer
         result = evaluate(model, tokenizer, self.rows, self.reward_fn, greedy=True, **self.evaluate_kwargs)
         metrics = {
             f"{self.prefix}accuracy": result["accuracy"],

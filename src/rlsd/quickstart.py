@@ -23,15 +23,13 @@ def self_teacher_accuracy(task: str, model_dir: str, num_rows: int = 100) -> flo
 
     It must be far above the plain-prompt accuracy, or the teacher cannot tell good tokens from bad.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .evaluate import evaluate
+    from .evaluate import evaluate, load_model
     from .tasks import get_task
     from .teacher import with_reference
 
     spec = get_task(task)
     rows = with_reference(spec.make_rows(num_rows, seed=0, split="test"), PRIVILEGED_FIELDS)
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    model, tokenizer = load_model(model_dir)  # a tiny VLM and its processor for image tasks
     return evaluate(model, tokenizer, rows, spec.reward, max_new_tokens=spec.completion_tokens or 96,
                     progress=False, tools=spec.tools or None)["accuracy"]
 
@@ -47,22 +45,37 @@ def _agent_fast(task: str, fast: bool) -> dict | None:
             "warm_start": dict(time_budget_s=15.0, max_steps=60, num_train_rows=256, batch_size=16, eval_every=30)}
 
 
+def budget(task: str, fast: bool) -> dict:
+    """Sizes of the run: text tasks, or an image task's tiny VLM (its image tokens make every step dearer)."""
+    from .tasks import get_task
+
+    if get_task(task).modality == "image":
+        return dict(steps=3 if fast else 40, warm_budget_s=10.0 if fast else 270.0,
+                    warm_max_steps=30 if fast else 1500, warm_train_rows=256 if fast else 3000,
+                    warm_eval_every=1000 if fast else 40, eval_rows=8 if fast else 60, batch=16 if fast else 32,
+                    train_rows=64 if fast else 2000)
+    return dict(steps=6 if fast else 100, warm_budget_s=40.0 if fast else 450.0, warm_max_steps=300 if fast else 2000,
+                warm_train_rows=3000, warm_eval_every=100, eval_rows=48 if fast else 100, batch=32 if fast else 64,
+                train_rows=2000)
+
+
 def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: int, fast: bool) -> dict:
     """The run config both algorithms share; only `algorithm` differs."""
     from .tasks import get_task
 
+    sizes = budget(task, fast)
     agent = _agent_fast(task, fast)
     return {
         "model": model_dir,
         "task": task,
-        "task_train_size": 2000,
-        "task_eval_size": agent["eval_rows"] if agent else 48 if fast else 100,
+        "task_train_size": sizes["train_rows"],
+        "task_eval_size": agent["eval_rows"] if agent else sizes["eval_rows"],
         "eval_every": max(steps // (3 if fast else 5), 1),
         "samples_every": max(steps // 4, 1),
         "training": {
             "algorithm": algorithm,
             "max_steps": steps,
-            "per_device_train_batch_size": 32 if fast else 64,  # 4 or 8 prompts x 8 completions per step
+            "per_device_train_batch_size": sizes["batch"],  # 2, 4 or 8 prompts x 8 completions per step
             "num_generations": 8,
             "max_completion_length": get_task(task).completion_tokens or 48,
             **({"per_device_train_batch_size": agent["batch"], "num_generations": agent["generations"]}
@@ -89,12 +102,14 @@ def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int
     from .tasks.warmstart import warm_start
 
     out = check_output_dir(output_dir)
-    steps = steps or (6 if fast else 100)
+    sizes = budget(task, fast)
+    steps = steps or sizes["steps"]
     started = time.perf_counter()
     agent = _agent_fast(task, fast)
-    eval_rows = agent["eval_rows"] if agent else 48 if fast else 100
+    eval_rows = agent["eval_rows"] if agent else sizes["eval_rows"]
     warm = warm_start(task, out / "warmstart", seed=seed, **{
-        "time_budget_s": 40.0 if fast else 450.0, "max_steps": 300 if fast else 2000, "num_eval_rows": eval_rows,
+        "time_budget_s": sizes["warm_budget_s"], "max_steps": sizes["warm_max_steps"], "num_eval_rows": eval_rows,
+        "num_train_rows": sizes["warm_train_rows"], "eval_every": sizes["warm_eval_every"],
         "target_accuracy": (0.2, 0.5) if fast else (0.3, 0.5), "privileged_fraction": WARM_START_PRIVILEGED_FRACTION,
         **(agent["warm_start"] if agent else {})})
     with_reference = self_teacher_accuracy(task, str(out / "warmstart"), num_rows=eval_rows)

@@ -173,14 +173,25 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
     from ..evaluate import evaluate, render_prompt
 
     transformers.set_seed(s["seed"])
-    tokenizer = build_tool_tokenizer() if task.tools else build_char_tokenizer()
-    model = build_tiny_model(
-        tokenizer, hidden_size=s["hidden_size"], num_layers=s["num_layers"], num_heads=s["num_heads"],
-        seed=s["seed"],
-    )
+    vlm = task.modality == "image"
+    if vlm:  # a tiny LLaVA (CLIP vision tower + Llama) with its processor: `tokenizer` is the processor
+        from .tiny_vlm import build_tiny_llava, build_tiny_llava_processor
+
+        tokenizer = build_tiny_llava_processor()
+        model = build_tiny_llava(tokenizer, hidden_size=s["hidden_size"], num_layers=s["num_layers"],
+                                 num_heads=s["num_heads"], seed=s["seed"])
+    else:
+        tokenizer = build_tool_tokenizer() if task.tools else build_char_tokenizer()
+        model = build_tiny_model(
+            tokenizer, hidden_size=s["hidden_size"], num_layers=s["num_layers"], num_heads=s["num_heads"],
+            seed=s["seed"],
+        )
     train_rows = task.make_rows(s["num_train_rows"], s["seed"], s["difficulty"], "train")
     eval_rows = task.make_rows(s["num_eval_rows"], s["seed"], s["difficulty"], "test")
     def example(row):
+        if vlm:  # chat messages plus the row's image; TRL's collator runs the processor
+            return {"images": [row["image"]], "prompt": row["prompt"],
+                    "completion": [{"role": "assistant", "content": row["solution"]}]}
         if task.transcript is not None:  # agent task: the worked episode, loss on the agent's turns only
             return sft_example(tokenizer, row["prompt"], task.transcript(row), task.tools)
         return {"prompt": render_prompt(row["prompt"], tokenizer), "completion": row["solution"] + tokenizer.eos_token}
@@ -246,7 +257,8 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
             bf16=False, fp16=False, activation_checkpointing=False, save_strategy="no", report_to="none",
             logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
             # Long-horizon rows with the reference in the prompt run to ~560 tokens; short tasks stay at 256.
-            max_length=256 if s["max_new_tokens"] <= 96 else 1024,
+            # A VLM example is never truncated: a cut could fall inside its image tokens.
+            max_length=None if vlm else 256 if s["max_new_tokens"] <= 96 else 1024,
             dataset_num_proc=None, use_cpu=not _has_accelerator(),
             **({"train_sampling_strategy": "group_by_length"} if s.get("group_by_length") else {}),
         )
