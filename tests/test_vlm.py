@@ -262,3 +262,28 @@ def test_lora_on_the_language_model_only_freezes_the_vision_tower(tiny_llava_dir
 def test_algorithms_without_image_support_are_refused_up_front(tiny_llava_dir, tmp_path):
     with pytest.raises(ValueError, match=r"RLSDConfig\.algorithm='sdpo' does not support image rows"):
         make_trainer("llava", tiny_llava_dir, tmp_path, algorithm="sdpo")
+
+
+def test_rlsd_eval_on_a_tiny_vlm_over_an_image_jsonl(tiny_llava_dir, tmp_path, capsys):
+    import json
+
+    from rlsd.cli import main
+    from rlsd.tasks import get_task
+
+    rows = get_task("shapes").make_rows(4, seed=0, split="test")
+    (tmp_path / "pics").mkdir()
+    with open(tmp_path / "eval.jsonl", "w") as handle:
+        for i, row in enumerate(rows):
+            row["image"].save(tmp_path / "pics" / f"{i}.png")
+            question = row["prompt"][0]["content"][1]["text"]
+            handle.write(json.dumps({"prompt": [{"role": "user", "content": question}], "image": f"pics/{i}.png",
+                                     "answer": row["answer"], "solution": row["solution"]}) + "\n")
+    out = tmp_path / "metrics.json"
+    for extra in ([], ["--with-reference", "answer,solution"]):
+        assert main(["eval", "--model", tiny_llava_dir, "--data", str(tmp_path / "eval.jsonl"), "--k", "2",
+                     "--max-new-tokens", "8", "--reward", "exact", "--out", str(out), *extra]) == 0
+        printed = capsys.readouterr().out
+        assert "accuracy" in printed and "pass@2" in printed
+        records = json.loads(out.read_text())["records"]
+        assert len(records) == 4 and all("<image>" in r["prompt"] for r in records)
+        assert all(("for grading" in r["prompt"]) == bool(extra) for r in records)

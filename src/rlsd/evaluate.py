@@ -98,12 +98,19 @@ def _encode(tokenizer: Any, prompts: list[Any], images: list[list[Any] | None] |
     if images is None or not any(images):
         texts = [render_prompt(p, tokenizer) for p in prompts]
         return _text_tokenizer(tokenizer)(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    from trl.data_utils import prepare_multimodal_messages
-
-    texts = [render_prompt(prepare_multimodal_messages(list(p), images=imgs) if imgs else p, tokenizer)
-             for p, imgs in zip(prompts, images)]
+    texts = [render_prompt(p, tokenizer) for p in with_image_blocks(prompts, images)]
     flat = [img for imgs in images if imgs for img in imgs]
     return tokenizer(images=flat, text=texts, return_tensors="pt", padding=True)
+
+
+def with_image_blocks(prompts: list[Any], images: list[list[Any] | None] | None) -> list[Any]:
+    """Chat prompts with their images placed as TRL places them (an image block per image), else unchanged."""
+    if not images:
+        return list(prompts)
+    from trl.data_utils import prepare_multimodal_messages
+
+    return [prepare_multimodal_messages(list(p), images=imgs) if imgs and not isinstance(p, str) else p
+            for p, imgs in zip(prompts, images)]
 
 
 @contextmanager
@@ -219,7 +226,8 @@ def evaluate(
 
     common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, images=row_images(rows))
     metrics: dict[str, Any] = {"num_rows": len(rows)}
-    records = [{"prompt": render_prompt(p, tokenizer), "answer": r.get("answer")} for p, r in zip(prompts, rows)]
+    shown = with_image_blocks(prompts, common["images"])  # what the model reads, image tokens included
+    records = [{"prompt": render_prompt(p, tokenizer), "answer": r.get("answer")} for p, r in zip(shown, rows)]
 
     if greedy:
         texts = [c[0] for c in generate(model, tokenizer, prompts, greedy=True, desc="eval greedy", **common)]
