@@ -33,8 +33,8 @@ Where ours differs, and why:
 - Truncation: `teacher_max_prompt_length` cuts the demonstration's end, never the task prompt (TRL keeps
   the last `max_reprompt_len` tokens of the whole re-prompt).
 - `sdpo_template` replaces the re-prompt wording (TRL has three templates; ours is one with `{prompt}`,
-  `{demonstration}`, `{feedback}`): a model that learned to read references in one wording (our tiny
-  benchmark students) cannot read TRL's, and distilling that teacher collapses the student.
+  `{demonstration}`, `{feedback}` as raw texts), e.g. to match the wording a model was tuned to read
+  references in.
 """
 
 from __future__ import annotations
