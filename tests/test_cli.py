@@ -176,7 +176,8 @@ def test_eval_command_writes_metrics(tiny_model_dir, tmp_path, capsys):
     assert "pass@2" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["quickstart-cpu.yaml", "gpu-lora-vllm.yaml", "multi-gpu-zero3.yaml"])
+@pytest.mark.parametrize("name", ["quickstart-cpu.yaml", "gpu-lora-vllm.yaml", "multi-gpu-zero3.yaml",
+                                  "paper-qwen3-vl-8b.yaml", "gpu-lora-qwen-vl.yaml"])
 def test_shipped_configs_use_only_known_keys(name):
     from pathlib import Path
 
