@@ -486,3 +486,41 @@ def test_every_teacher_prompt_starts_from_the_prompt_as_rolled_out(tool_model_di
         assert batch["contrast_rows"].sum() > 0 and len(teacher_prompts) >= 2 * len(batch["completion_ids"])
     assert teacher_prompts and all("Budget: 500." in p[-1]["content"] for p in teacher_prompts), \
         "a teacher prompt lost the environment's observation"
+
+
+def test_agent_evaluation_plays_greedy_episodes_with_the_tools(tool_model_dir, capsys):
+    from rlsd.cli import main
+    from rlsd.evaluate import evaluate
+    from rlsd.tasks import get_task
+
+    task = get_task("shop")
+    tokenizer = build_tool_tokenizer()
+    rows = task.make_rows(6, seed=1, split="test")
+    rows.append({"prompt": [{"role": "user", "content": "Cost of 3 sofa?"}], "answer": "1", "solution": ""})
+
+    class ScriptedModel(torch.nn.Module):
+        """`generate` replaced by the scripted policy; the episode loop, tools and scoring are the real ones."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.policy = ScriptedPolicy(tokenizer, seed=1, use_calc=True)
+
+        def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+            replies, _ = self.policy([ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask)], None,
+                                     None, 1)
+            width = max(len(r) for r in replies)
+            padded = [r + [tokenizer.pad_token_id] * (width - len(r)) for r in replies]
+            return torch.cat([input_ids, torch.tensor(padded)], dim=1)
+
+    metrics = evaluate(ScriptedModel(), tokenizer, rows, task.reward, tools=task.tools, max_new_tokens=200)
+    records = metrics["records"]
+    assert metrics["tool_calls_per_episode"] == pytest.approx(13 / 7), "lookup and calculation; one failed lookup"
+    assert metrics["tool_errors_per_episode"] == pytest.approx(1 / 7), "the unknown item's lookup failed"
+    assert "no item 'sofa'" in records[-1]["completion"] and not records[-1]["correct"]
+    assert all(rec["completion"].count("<|im_start|>tool") == 2 for rec in records[:-1])
+    assert metrics["accuracy"] == sum(r["extracted"] == r["answer"] for r in records) / len(rows) > 0
+
+    # `rlsd eval --task shop` scores agent episodes too (a random tiny model: few or no valid calls).
+    assert main(["eval", "--model", tool_model_dir, "--task", "shop", "--limit", "3", "--max-new-tokens", "24"]) == 0
+    assert "tool_calls_per_episode" in capsys.readouterr().out

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", help="write the metrics (and per-row records) as JSON here")
+    evaluate.add_argument("--tools", default=None,
+                          help="comma-separated tool import paths (my_tools.py:calc): score greedy multi-turn agent "
+                               "episodes; a built-in agent task (e.g. shop) brings its own")
     evaluate.add_argument("--with-reference", metavar="FIELDS", default=None,
                           help="put these columns (e.g. answer,solution) into every prompt with the teacher's default "
                                "template: the RLSD self-teacher's view. It should score far above the plain prompt, "
@@ -143,13 +146,14 @@ def cmd_eval(args) -> int:
     from .run import RunError, check_model_path
 
     model_path = check_model_path(args.model)
-    reward_fn = None
+    reward_fn, tools = None, []
     if args.task:
         from .tasks import get_task
 
         task = get_task(args.task)
         rows = task.make_rows(args.limit or 200, seed=args.seed, difficulty=task.default_difficulty, split="test")
         reward_fn = task.reward
+        tools = list(task.tools)
     else:
         from .data import load_dataset
 
@@ -171,9 +175,16 @@ def cmd_eval(args) -> int:
         model, tokenizer = load_model(model_path)  # a VLM comes with its processor
     except OSError as err:
         raise RunError(f"cannot load model {args.model!r}: {str(err).splitlines()[0]}") from None
+    if args.tools:
+        from .agents import load_tools
+
+        try:
+            tools = load_tools(args.tools)
+        except ValueError as err:
+            raise RunError(f"--tools: {err}") from None
     metrics = evaluate(model, tokenizer, rows, reward_fn, k=args.k, num_samples=args.num_samples,
                        temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                       batch_size=args.batch_size, seed=args.seed)
+                       batch_size=args.batch_size, seed=args.seed, tools=tools or None)
     records = metrics.pop("records")
     print(_table(metrics))
     if args.out:
