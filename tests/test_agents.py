@@ -521,6 +521,15 @@ def test_agent_evaluation_plays_greedy_episodes_with_the_tools(tool_model_dir, c
     assert all(rec["completion"].count("<|im_start|>tool") == 2 for rec in records[:-1])
     assert metrics["accuracy"] == sum(r["extracted"] == r["answer"] for r in records) / len(rows) > 0
 
+    # An environment: a fresh instance per row, its observation in the prompt, its method as the tool.
+    env_rows = make_rows()
+    env_model = ScriptedModel()
+    env_model.policy = ScriptedPolicy(tokenizer, seed=2)
+    metrics = evaluate(env_model, tokenizer, env_rows, reward, environment_factory=ObservedShop, max_new_tokens=200)
+    assert metrics["tool_calls_per_episode"] == 1 and metrics["tool_errors_per_episode"] == 0
+    assert all("Budget: 500." in rec["prompt"] and "Tools: price(item)" in rec["prompt"] for rec in metrics["records"])
+    assert metrics["accuracy"] == sum(r["extracted"] == r["answer"] for r in metrics["records"]) / len(env_rows) > 0
+
     # `rlsd eval --task shop` scores agent episodes too (a random tiny model: few or no valid calls).
     assert main(["eval", "--model", tool_model_dir, "--task", "shop", "--limit", "3", "--max-new-tokens", "24"]) == 0
     assert "tool_calls_per_episode" in capsys.readouterr().out

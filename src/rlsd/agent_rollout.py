@@ -83,19 +83,22 @@ def run_tool_calls(tool_calls: list[dict], tools: dict[str, Callable]) -> list[d
 
 @torch.no_grad()
 def rollout(model, tokenizer, prompts: Sequence[list[dict]], tools: Sequence[Callable], *,
-            max_new_tokens: int = 128, max_turns: int = 8, batch_size: int = 64) -> list[dict[str, Any]]:
+            episode_tools: Sequence[Sequence[Callable]] | None = None, max_new_tokens: int = 128,
+            max_turns: int = 8, batch_size: int = 64) -> list[dict[str, Any]]:
     """Greedy episodes: generate, run the turn's tool calls, splice in the results, repeat.
 
+    `tools` serve every episode; `episode_tools` (one list per prompt, e.g. an environment's methods) replace them.
     `max_new_tokens` bounds the whole completion (agent and tool tokens), like TRL's `max_completion_length`.
-    Returns per prompt `{"messages": [...], "tool_calls": n, "tool_errors": n}`.
+    Returns per prompt `{"messages": [...], "tool_calls": n, "tool_errors": n, "text": str}`.
     """
     from trl.chat_template_utils import parse_response
 
-    by_name = {t.__name__: t for t in tools}
     episodes = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
-        starts = [prompt_ids(tokenizer, p, tools) for p in chunk]
+        chunk_tools = [list(episode_tools[start + k]) if episode_tools is not None else list(tools)
+                       for k in range(len(chunk))]
+        starts = [prompt_ids(tokenizer, p, t) for p, t in zip(chunk, chunk_tools, strict=True)]
         seqs = [list(s) for s in starts]
         state = [{"messages": [], "tool_calls": 0, "tool_errors": 0} for _ in chunk]
         active = list(range(len(chunk)))
@@ -110,12 +113,12 @@ def rollout(model, tokenizer, prompts: Sequence[list[dict]], tools: Sequence[Cal
                 ids = ids[: budgets[i]]
                 if not ids:
                     continue
-                turn = parse_response(tokenizer, ids, prefix=seqs[i], tools=list(tools))
+                turn = parse_response(tokenizer, ids, prefix=seqs[i], tools=chunk_tools[i])
                 seqs[i] += ids
                 state[i]["messages"].append(turn)
                 if not turn.get("tool_calls") or ids[-1] != tokenizer.eos_token_id:
                     continue
-                results = run_tool_calls(turn["tool_calls"], by_name)
+                results = run_tool_calls(turn["tool_calls"], {t.__name__: t for t in chunk_tools[i]})
                 state[i]["tool_calls"] += len(results)
                 state[i]["tool_errors"] += sum(r["content"].startswith("{'error'") for r in results)
                 suffix = tool_suffix_ids(tokenizer, results)
@@ -131,27 +134,46 @@ def rollout(model, tokenizer, prompts: Sequence[list[dict]], tools: Sequence[Cal
     return episodes
 
 
-def evaluate_agent(model, tokenizer, rows: Sequence[dict], reward_fn: Callable, tools: Sequence[Callable], *,
-                   max_new_tokens: int = 128, batch_size: int = 64, correct_threshold: float = 1.0,
-                   prompt_column: str = "prompt", extract_answer: Callable | None = None) -> dict[str, Any]:
+def evaluate_agent(model, tokenizer, rows: Sequence[dict], reward_fn: Callable | None, tools: Sequence[Callable], *,
+                   environment_factory: Callable | None = None, max_new_tokens: int = 128, batch_size: int = 64,
+                   correct_threshold: float = 1.0, prompt_column: str = "prompt",
+                   extract_answer: Callable | None = None) -> dict[str, Any]:
     """Greedy held-out accuracy of an agent (`rlsd.evaluate.evaluate(..., tools=...)`), plus tool calls and
-    tool errors per episode. The reward sees the episode's messages, as in training."""
+    tool errors per episode. The reward sees the episode's messages, as in training.
+
+    With `environment_factory` each row gets a fresh environment, as in TRL: `reset(**row)`'s observation joins
+    the last user message, its public methods join `tools`, the reward receives `environments=`, and an
+    environment's `get_reward()` adds to the reward.
+    """
     from .rewards._text import completion_text
     from .tasks.base import extract_answer as default_extract
 
     extract_answer = extract_answer or default_extract
     prompts = [r[prompt_column] for r in rows]
-    episodes = rollout(model, tokenizer, prompts, tools, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    environments, episode_tools = None, None
+    if environment_factory is not None:
+        environments = [environment_factory() for _ in rows]
+        prompts = [_reset(env, row, prompt) for env, row, prompt in zip(environments, rows, prompts, strict=True)]
+        episode_tools = [list(tools) + environment_tools(env) for env in environments]
+    episodes = rollout(model, tokenizer, prompts, tools, episode_tools=episode_tools, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size)
     completions = [e["messages"] for e in episodes]
     columns = {key: [r.get(key) for r in rows] for key in rows[0] if key != prompt_column}
-    rewards = [float("nan") if r is None else float(r)
-               for r in reward_fn(prompts=prompts, completions=completions, **columns)]
+    if environments is not None:
+        columns["environments"] = environments
+    total = [0.0] * len(rows)
+    if reward_fn is not None:
+        total = [None if r is None else float(r)
+                 for r in reward_fn(prompts=prompts, completions=completions, **columns)]
+    if environments is not None and callable(getattr(environments[0], "get_reward", None)):
+        total = [None if t is None else t + float(env.get_reward()) for t, env in zip(total, environments)]
+    rewards = [float("nan") if r is None else float(r) for r in total]
     correct = [r >= correct_threshold for r in rewards]
     accuracy = sum(correct) / len(rows)
-    records = [{"prompt": tokenizer.decode(prompt_ids(tokenizer, p, tools)), "answer": r.get("answer"),
-                "completion": e["text"], "reward": reward, "correct": ok,
+    records = [{"prompt": tokenizer.decode(prompt_ids(tokenizer, p, episode_tools[k] if episode_tools else tools)),
+                "answer": r.get("answer"), "completion": e["text"], "reward": reward, "correct": ok,
                 "extracted": extract_answer(completion_text(e["messages"])), "tool_calls": e["tool_calls"]}
-               for p, r, e, reward, ok in zip(prompts, rows, episodes, rewards, correct, strict=True)]
+               for k, (p, r, e, reward, ok) in enumerate(zip(prompts, rows, episodes, rewards, correct, strict=True))]
     finite = [r for r in rewards if r == r]
     return {"num_rows": len(rows), "accuracy": accuracy, "reward_mean": sum(finite) / max(len(finite), 1),
             "pass@1": accuracy, "maj@1": accuracy,
@@ -174,3 +196,24 @@ def _greedy(model, tokenizer, sequences: list[list[int]], max_new_tokens: int) -
             row = row[: row.index(tokenizer.eos_token_id) + 1]
         continuations.append([t for t in row if t != pad])
     return continuations
+
+
+def environment_tools(environment) -> list[Callable]:
+    """The environment's methods TRL exposes as tools: public functions except `reset` and `get_reward`."""
+    import inspect
+
+    return [getattr(environment, name) for name, _ in inspect.getmembers(type(environment), inspect.isfunction)
+            if name not in ("reset", "get_reward") and not name.startswith("_")]
+
+
+def _reset(environment, row: dict, prompt: list[dict]) -> list[dict]:
+    """`reset(**row)`; a returned observation joins the last message, as TRL's trainer does."""
+    observation = environment.reset(**row)
+    if observation is None:
+        return prompt
+    content = prompt[-1]["content"]
+    if isinstance(observation, list) and isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    if isinstance(observation, str) and isinstance(content, list):
+        observation = [{"type": "text", "text": observation}]
+    return [*prompt[:-1], {**prompt[-1], "content": content + observation}]

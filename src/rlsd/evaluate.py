@@ -189,11 +189,12 @@ def evaluate(
     seed: int | None = 0,
     progress: bool = True,
     tools: Sequence[Callable] | None = None,
+    environment_factory: Callable | None = None,
 ) -> dict[str, Any]:
     """Score `model` on `rows` with `reward_fn`; returns metrics plus per-row `records`.
 
-    With `tools` (an agent task), each row is a greedy multi-turn episode that calls them
-    (`agent_rollout.evaluate_agent`, greedy only; adds `tool_calls_per_episode`).
+    With `tools` and/or a TRL `environment_factory` (an agent), each row is a greedy multi-turn episode that
+    calls them (`agent_rollout.evaluate_agent`, greedy only; adds `tool_calls_per_episode`).
 
     - greedy decoding (if `greedy`): `accuracy` (share of rows whose reward is
       >= `correct_threshold`) and `reward_mean`;
@@ -208,13 +209,14 @@ def evaluate(
     rows = list(rows)
     if not rows:
         raise ValueError("evaluate() needs at least one row")
-    if tools:
+    if tools or environment_factory is not None:
         if k > 1 or num_samples is not None or not greedy:
             raise ValueError("evaluate(tools=...): agent episodes are scored greedily only (k=1, greedy=True)")
         from .agent_rollout import evaluate_agent
 
         with _eval_mode(model, tokenizer):
-            return evaluate_agent(model, tokenizer, rows, reward_fn, tools, max_new_tokens=max_new_tokens,
+            return evaluate_agent(model, tokenizer, rows, reward_fn, tools or [],
+                                  environment_factory=environment_factory, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, correct_threshold=correct_threshold,
                                   prompt_column=prompt_column, extract_answer=extract_answer)
     if extract_answer is None:

@@ -177,7 +177,8 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
         trainer.add_callback(HeldOutEvalCallback(
             eval_rows, eval_reward, every_n_steps=int(run["eval_every"]), tokenizer=trainer.processing_class,
             trainer=trainer, max_new_tokens=int(run.get("eval_max_new_tokens") or args.max_completion_length),
-            samples_path=out / "samples.jsonl", **({"tools": tools} if tools else {})))
+            samples_path=out / "samples.jsonl", **({"tools": tools} if tools else {}),
+            **({"environment_factory": environment} if environment is not None else {})))
     if int(run.get("samples_every") or 0) > 0:
         trainer.add_callback(SamplesCallback(trainer, out / "samples.jsonl", int(run["samples_every"])))
         CreditRecorder(trainer, out / CREDIT_FILE, int(run["samples_every"]))  # per-token credit for `rlsd inspect`
