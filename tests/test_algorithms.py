@@ -308,3 +308,28 @@ def test_compare_runs_the_new_algorithms_and_contrast_variants(tiny_model_dir, t
     assert resolved["algorithm"] == "rlsd" and resolved["teacher_contrast"] == "wrong_reference"
     assert main(["compare", "--config", str(config), "--algorithms", "grpo+contrast", "--output-dir", str(out)]) == 2
     assert "--algorithms: 'grpo+contrast': +contrast needs one of" in capsys.readouterr().err
+
+
+def test_full_vocabulary_contrast_distils_nothing_when_the_wrong_reference_is_the_right_one(
+        tiny_model_dir, tmp_path, monkeypatch):
+    from rlsd import teacher
+
+    dataset = make_dataset()
+    trainer = make(tiny_model_dir, tmp_path, dataset=dataset, algorithm="opsd", teacher_contrast="wrong_reference")
+    trainer.model.train()
+    rows = generation_batch(trainer, dataset)
+    torch.manual_seed(0)
+    batch = trainer._generate_and_score_completions(rows)
+    assert batch["contrast_rows"].tolist() == [1.0] * 8
+    loss_contrast, _ = loss_and_grads(trainer, batch)
+    assert loss_contrast > 1e-7
+
+    monkeypatch.setattr(contrast, "_wrong_reference_prompts", lambda tr, inputs: [
+        (teacher.teacher_prompt(r["prompt"], r, tr.args.teacher_template), r) for r in inputs])
+    torch.manual_seed(0)
+    same = trainer._generate_and_score_completions(rows)
+    loss_same, grads = loss_and_grads(trainer, same)
+    # The target is the student itself: nothing left but float noise, far below the contrasted loss (and below
+    # plain OPSD's divergence, which is what a target that ignored the contrast would give).
+    assert loss_same.abs() < 1e-7 and loss_same.abs() < loss_contrast / 20
+    assert max(g.abs().max() for g in grads.values()) < 1e-7
