@@ -41,6 +41,18 @@ def test_choose_demonstrations_takes_a_peer_success_never_the_row_itself():
     assert sdpo.choose_demonstrations(torch.tensor([0.9, float("nan")]), 2, threshold=1.0) == [None, None]
 
 
+def test_sdpo_plan_on_the_second_rank_finds_peers_on_the_first():
+    # 12 rollouts in groups of 4 over 2 ranks of 6: group 1 (rollouts 4-7) straddles the ranks.
+    rewards = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    completions = [f"completion {i}" for i in range(12)]
+    rows = [{"prompt": "p", "solution": f"reference {k}"} for k in range(6)]
+    plan = sdpo.plan_contexts(rows, 6, rewards, completions, group_size=4, threshold=1.0)
+    assert [(c.source, c.peer) for c in plan] == [("peer", 4), ("peer", 4), ("peer", 11), ("peer", 11),
+                                                  ("peer", 11), ("reference", None)]
+    assert plan[0].demonstration == "completion 4", "rank 1's row 6 learns from rank 0's rollout 4"
+    assert plan[5].demonstration == "reference 5", "rollout 11 is its group's only success: its own reference"
+
+
 def test_sdpo_teacher_prompt_holds_a_peer_success_and_not_its_own_completion(tiny_model_dir, tmp_path):
     dataset = make_dataset().map(lambda row: {"feedback": f"error {row['solution'][:3]}"})
     trainer = make(tiny_model_dir, tmp_path, positional_reward({0, 2}), dataset, algorithm="sdpo",
