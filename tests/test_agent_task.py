@@ -167,3 +167,24 @@ def test_agent_evaluation_plays_greedy_episodes_with_the_tools(tool_model_dir, c
     # `rlsd eval --task shop` scores agent episodes too (a random tiny model: few or no valid calls).
     assert main(["eval", "--model", tool_model_dir, "--task", "shop", "--limit", "3", "--max-new-tokens", "24"]) == 0
     assert "tool_calls_per_episode" in capsys.readouterr().out
+
+
+def test_shipped_agent_config_and_examples_build_a_trainer(tool_model_dir, tmp_path):
+    from pathlib import Path
+
+    from rlsd.config import load_run_config
+    from rlsd.run import build_trainer
+
+    root = Path(__file__).resolve().parents[1]
+    config = str(root / "configs" / "agent-cpu.yaml")
+    common = [f"model={tool_model_dir}", "task_train_size=8", "task_eval_size=4", "eval_every=0", "samples_every=0",
+              "per_device_train_batch_size=4", "num_generations=4", "use_cpu=true", "report_to=[]",
+              "save_strategy=no"]
+    examples = root / "examples" / "agents"
+    custom = [f"tools=['{examples}/my_tools.py:calculator', '{examples}/my_tools.py:lookup']",
+              f"environment={examples}/my_env.py:ShopEnv"]
+    trainer = build_trainer(load_run_config(config, common + custom), output_dir=tmp_path / "a").trainer
+    assert {t.__name__ for t in trainer.tools} == {"calculator", "lookup", "price"}
+    assert trainer.args.algorithm == "rlsd"
+    assert [t.__name__ for t in build_trainer(load_run_config(config, common),
+                                              output_dir=tmp_path / "b").trainer.tools] == ["price", "calc"]
