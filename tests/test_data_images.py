@@ -191,3 +191,34 @@ def test_run_builds_image_rows_in_trls_convention(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no DatasetWarning: nothing was dropped
         build_datasets({"data": {"train": str(data)}}, seed=0)
+
+
+def test_rlsd_train_on_a_jsonl_of_image_rows(tmp_path):
+    """End to end: `rlsd train` with image rows (paths in content blocks) and a tiny LLaVA, held-out eval too."""
+    import yaml
+
+    from rlsd.cli import main
+    from rlsd.tasks.tiny_vlm import save_tiny_llava
+
+    model = save_tiny_llava(tmp_path / "llava", hidden_size=32, num_layers=2, num_heads=2)
+    rows = []
+    for i in range(8):
+        colour = ["red", "blue"][i % 2]
+        png(tmp_path / "imgs" / f"{i}.png", colour, (24, 24))
+        content = [{"type": "text", "text": f"Colour {i}?"}, {"type": "image", "path": f"imgs/{i}.png"}]
+        rows.append({"prompt": [{"role": "user", "content": content}], "answer": colour})
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    (tmp_path / "r.py").write_text("def length(prompts, completions, **kw):\n    return [len(str(c)) % 3 / 2 for c in completions]\n")
+    config = {
+        "model": str(model), "data": {"train": str(data), "eval_fraction": 0.25}, "rewards": [f"{tmp_path / 'r.py'}:length"],
+        "eval_every": 2, "eval_max_new_tokens": 4,
+        "training": {"algorithm": "rlsd", "max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 4,
+                     "max_completion_length": 8, "learning_rate": 1e-3, "save_strategy": "no", "report_to": [],
+                     "seed": 0, "disable_tqdm": True},
+    }  # fmt: skip
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--output-dir", str(tmp_path / "out")]) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "loss" in m]
+    assert len(steps) == 2 and all(m["teacher/rows_scored_frac"] > 0 for m in steps)
+    assert any("eval/accuracy" in m for m in metrics)
