@@ -295,3 +295,34 @@ def test_loading_never_modifies_the_input_files(tmp_path):
             load_dataset(data / name, skip_bad_rows=True)
     assert snapshot(data) == before
     assert sorted(os.listdir(data)) == sorted(os.listdir(FIXTURES) + ["saved"])
+
+
+# ------------------------------------------------------------------------------------ chunked reading
+def test_jsonl_read_in_many_chunks_gives_the_same_rows_and_problems(tmp_path, monkeypatch):
+    """JSONL is parsed in line-aligned chunks (each by Arrow, or by Python where Arrow refuses it): row
+    numbers, blank lines, a bad line, types that differ between chunks and new fields must all come out
+    exactly as when the file is one chunk."""
+    from rlsd.data import jsonl
+
+    lines = [json.dumps({"question": f"q{i}?", "answer": i, "level": i}) for i in range(6)]  # ints first
+    lines += ["", "   ", json.dumps({"question": "text answer?", "answer": "1/2", "level": 1.5})]  # then text, float
+    lines += ['{"question": "broken', json.dumps({"question": "", "answer": "x"})]
+    lines += [json.dumps({"question": f"late {i}?", "answer": "7", "extra": {"k": i}}) for i in range(4)]
+    lines += [json.dumps({"question": "date?", "answer": "2020-01-01", "when": "2021-02-03"})]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    def load():
+        with pytest.warns(DatasetWarning) as caught:
+            result = load_dataset(path, skip_bad_rows=True)
+        return result["train"].to_list(), str(caught[0].message), error_of(path)
+
+    whole = load()
+    monkeypatch.setattr(jsonl, "CHUNK", 48)  # about one line per chunk
+    chunked = load()
+    assert chunked == whole
+    rows, warning, message = whole
+    assert f"{path}:10: invalid JSON" in message and f"{path}:11: field 'question': empty" in message
+    assert [r["answer"] for r in rows[:7]] == ["0", "1", "2", "3", "4", "5", "1/2"]
+    assert rows[6]["level"] == 1.5 and rows[0]["level"] == 0 and rows[-2]["extra"] == {"k": 3}
+    assert rows[-1]["answer"] == "2020-01-01" and rows[-1]["when"] == "2021-02-03"  # text stays text

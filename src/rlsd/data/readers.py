@@ -1,9 +1,10 @@
 """Read one source (file, saved dataset, hub dataset) into columns, never raising anything but `DatasetError`.
 
-Fast path: Arrow's own readers (`pyarrow.json`, `pyarrow.csv`, Parquet, memory-mapped saved datasets), which
-build the columns in C++ with no Python object per row. Whenever Arrow refuses a file (a bad line, a column
-whose type changes between rows, bytes that are not UTF-8, ...) the file is re-read by the exact Python path,
-which parses row by row so every problem can be named by its row; a good file never pays for that.
+Fast path: Arrow's own readers (`pyarrow.json` chunk by chunk (see `jsonl.py`), `pyarrow.csv`, Parquet,
+memory-mapped saved datasets), which build the columns in C++ with no Python object per row. Where Arrow
+refuses the input (a bad line, a column whose type changes between rows, bytes that are not UTF-8, ...) the
+exact Python parser reads it row by row so every problem can be named by its row: for JSONL only the chunk
+concerned, for CSV/TSV the whole file; a good file never pays for that.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from .problems import FORMATS, Problem, fail
 
 COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 TEXT_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
-MAX_OPEN_BRACKETS = 1000  # per line; deeper JSON goes to the Python parser (pyarrow crashes near 10k levels)
-SCAN_CHUNK = 1 << 20
 
 
 @dataclass
@@ -100,9 +99,9 @@ def _parse_json(text: str) -> tuple[Any, str | None]:
         return None, "invalid JSON: nested too deeply"
 
 
-def _jsonl(text: str, label: str) -> list[tuple[int, dict | Problem]]:
+def _jsonl(text: str, label: str, first: int = 1) -> list[tuple[int, dict | Problem]]:
     items: list[tuple[int, dict | Problem]] = []
-    for number, line in enumerate(text.split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=first):
         if not line.strip():
             continue
         row, why = _parse_json(line)
@@ -200,104 +199,6 @@ def _read_all(path: Path, label: str, opener) -> bytes:
         raise fail(label, f"cannot read: {exc.strerror or exc}") from None
 
 
-@dataclass
-class _Scan:
-    lines: int = 0
-    blank: list[int] = field(default_factory=list)
-    needs_python: bool = False  # a line Arrow's parser must not see (too deep, or not an object)
-    longest: int = 0
-
-
-def _scan_lines(path: Path, label: str, opener) -> _Scan:
-    """One streaming pass over a JSONL file: line count, blank lines, longest line, and whether any line must
-    go to the Python parser (it might nest deeper than Arrow's parser survives, or is not a JSON object).
-    Also where a truncated or corrupt archive is found."""
-    scan, carry = _Scan(), b""
-
-    def lines_of(buf: bytes, starts: np.ndarray, ends: np.ndarray) -> None:
-        lengths = ends - starts
-        if len(lengths):
-            scan.longest = max(scan.longest, int(lengths.max()))
-        for i in np.flatnonzero(lengths > MAX_OPEN_BRACKETS):
-            s, e = int(starts[i]), int(ends[i])
-            if buf.count(b"[", s, e) + buf.count(b"{", s, e) > MAX_OPEN_BRACKETS:
-                scan.needs_python = True
-        for i in np.flatnonzero(lengths < 16):
-            if not buf[int(starts[i]) : int(ends[i])].strip():
-                scan.blank.append(scan.lines + int(i) + 1)
-        data = np.frombuffer(buf, np.uint8)
-        for i in np.flatnonzero((lengths > 0) & (data[np.minimum(starts, len(buf) - 1)] != ord("{"))):
-            line = buf[int(starts[i]) : int(ends[i])].strip()
-            if line and not line.startswith(b"{"):  # pyarrow crashes on some (a first line `null`)
-                scan.needs_python = True
-
-    try:
-        with (opener or open)(path, "rb") as fh:
-            while chunk := fh.read(SCAN_CHUNK):
-                buf = carry + chunk
-                ends = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
-                if not len(ends):
-                    carry = buf
-                    continue
-                lines_of(buf, np.r_[0, ends[:-1] + 1], ends)
-                scan.lines += len(ends)
-                carry = buf[int(ends[-1]) + 1 :]
-    except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
-        raise _decompress_error(label, path.suffix, exc) from None
-    except OSError as exc:
-        if opener is not None and exc.errno is None:
-            raise _decompress_error(label, path.suffix, exc) from None
-        raise fail(label, f"cannot read: {exc.strerror or exc}") from None
-    if carry:
-        lines_of(carry, np.array([0]), np.array([len(carry)]))
-        scan.lines += 1
-    return scan
-
-
-def _has_temporal(t: pa.DataType) -> bool:
-    return "timestamp" in str(t) or "date" in str(t)
-
-
-def _arrow_jsonl(path: Path, label: str, opener) -> Source | None:
-    """JSONL through pyarrow.json, or None when the file needs the row-by-row reader."""
-    import pyarrow.json as pj
-
-    scan = _scan_lines(path, label, opener)
-    if scan.needs_python:
-        return None
-    block = max(1 << 20, scan.longest + 2)  # a row may not straddle two blocks
-
-    if scan.lines == len(scan.blank):
-        return from_rows([], label, path.parent)
-
-    def read(schema: pa.Schema | None = None) -> pa.Table:
-        parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
-        options = dict(read_options=pj.ReadOptions(block_size=block), parse_options=parse)
-        try:  # streaming: one block's parse buffers at a time (about half the peak memory of read_json)
-            with opener(path, "rb") if opener else open(path, "rb") as fh:
-                return pa.Table.from_batches(list(pj.open_json(fh if opener else str(path), **options)))
-        except pa.ArrowInvalid:  # a later block has a new field or a wider type: infer over the whole file
-            with opener(path, "rb") if opener else open(path, "rb") as fh:
-                return pj.read_json(fh if opener else str(path), **options)
-
-    try:
-        table = read()
-        if any(_has_temporal(f.type) for f in table.schema):  # Arrow turns "2020-01-01" into a timestamp
-            if any(_has_temporal(f.type) and str(f.type)[:4] in ("stru", "list") for f in table.schema):
-                return None
-            strings = [pa.field(f.name, pa.string()) for f in table.schema if _has_temporal(f.type)]
-            table = read(pa.schema(strings))
-        table.validate(full=True)  # pyarrow.json does not check UTF-8; the Python reader names the bad byte
-    except Exception:  # noqa: BLE001 - any refusal: the Python reader names the row
-        return None
-    if table.num_rows != scan.lines - len(scan.blank):
-        return None
-    numbers = None
-    if scan.blank:
-        numbers = np.delete(np.arange(1, scan.lines + 1, dtype=np.int64), np.asarray(scan.blank) - 1)
-    return from_table(table, label, numbers=numbers, base_dir=path.parent)
-
-
 def _arrow_csv(path: Path, label: str, opener, delimiter: str) -> Source | None:
     """CSV/TSV through pyarrow.csv with every column read as text (as the csv module does)."""
     import pyarrow.csv as pc
@@ -352,8 +253,10 @@ def read_file(path: Path, label: str) -> Source:
         raise fail(label, f"unknown format {fmt or '(no extension)'!r}; use {FORMATS}")
     fast = None
     if fmt in (".jsonl", ".ndjson"):
-        fast = _arrow_jsonl(path, label, opener)
-    elif fmt in (".csv", ".tsv"):
+        from .jsonl import read_jsonl
+
+        return read_jsonl(path, label, opener)
+    if fmt in (".csv", ".tsv"):
         fast = _arrow_csv(path, label, opener, "\t" if fmt == ".tsv" else ",")
     return fast if fast is not None else _python_read(path, label, fmt, opener)
 
