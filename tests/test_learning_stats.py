@@ -45,3 +45,18 @@ def test_paired_differences_pair_by_warm_start_and_seed():
     table = task_markdown("chain", [{"name": "sft0", "accuracy": 0.3, "in_band": True, "steps": 5}], summary,
                           {"sft0": summary, "sft1": summary}, [pair], {})
     assert "| rlsd | 3 | +" not in table and "0.043 ± " in table and "| sft0 | sft1 |" in table
+
+
+def test_full_design_is_one_command_and_variants_resolve():
+    import learning
+
+    args = learning.parse_args(["--full"])
+    assert args.plan == {"chain": "grpo,rlsd,opsd,sdpo,grpo+opsd,rlsd+contrast", "arithmetic": "grpo,rlsd"}
+    assert (args.seeds, args.warm_starts, args.eval_size, args.privileged_fraction) == ("0,1,2,3,4", "0,1", 500, 0.5)
+    assert args.student_eval_every == 25 and args.out == "benchmarks/results/learning-full"
+    variants = learning.variants_from(args.plan["chain"], ablation=False)
+    assert variants["rlsd+contrast"] == ("rlsd", {"teacher_contrast": "wrong_reference"})
+    assert variants["sdpo"] == ("sdpo", {"distill_divergence": "sampled_token"}), "SDPO as TRL runs it"
+    assert variants["grpo+opsd"] == ("grpo+opsd", {})
+    with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
+        learning.variants_from("grpo,ppo", ablation=False)
