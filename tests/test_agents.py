@@ -242,3 +242,24 @@ def test_every_teacher_prompt_starts_from_the_prompt_as_rolled_out(tool_model_di
         assert batch["contrast_rows"].sum() > 0 and len(teacher_prompts) >= 2 * len(batch["completion_ids"])
     assert teacher_prompts and all("Budget: 500." in p[-1]["content"] for p in teacher_prompts), \
         "a teacher prompt lost the environment's observation"
+
+
+class SilentShop(Shop):
+    """An environment whose privileged hook supplies nothing."""
+
+    def _privileged_context(self):
+        return {}
+
+
+def test_a_privileged_field_neither_the_row_nor_the_environment_has_is_a_clear_error(tool_model_dir, tmp_path):
+    rows = [{k: v for k, v in row.items() if k != "solution"} for row in make_rows()]
+    # The column check waits for the first batch, since the environment could have supplied the field.
+    trainer = agent_trainer(tool_model_dir, tmp_path, rows=rows, tools=(), environment=SilentShop, algorithm="rlsd")
+    with pytest.raises(ValueError, match=r"privileged_fields: rollout 0 has no \['solution'\].*SilentShop"):
+        trainer._generate_and_score_completions(generation_batch(trainer, rows))
+    with pytest.raises(ValueError, match="rename privileged_context"):
+        class Leaky(Shop):
+            def privileged_context(self):
+                return "the answer"
+
+        agent_trainer(tool_model_dir, tmp_path, rows=rows, tools=(), environment=Leaky, algorithm="rlsd")
