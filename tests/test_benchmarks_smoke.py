@@ -109,3 +109,50 @@ def test_gpu_check_smoke_runs_every_part_on_cpu(tmp_path):
     for key in ("rlsd_vs_grpo/step_time", "rlsd_vs_grpo/peak_mb", "rlsd_vs_opd2x/step_time", "rlsd/teacher_time_frac"):
         assert result["cost"]["ratios"][key] > 0, key
     assert "shared prefix" in (out / "gpu_check.txt").read_text()
+
+
+def _credit_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("credit_benchmark", ROOT / "benchmarks" / "credit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_credit_benchmark_corrupts_exactly_one_intermediate_step():
+    import random
+
+    corrupt = _credit_benchmark().corrupt
+    solution = "36+38=74\n74-14=60\n60-41=19\nAnswer: 19"
+    rng = random.Random(0)
+    for _ in range(20):
+        text, span, after = corrupt(solution, rng)
+        wrong_lines, right_lines = text.split("\n"), solution.split("\n")
+        k = text[:span[0]].count("\n")
+        assert k < 2, "never the last step"
+        assert wrong_lines[:k] == right_lines[:k], "lines before the error are the reference's"
+        assert text[span[0]:span[1]] == wrong_lines[k].split("=")[1] != right_lines[k].split("=")[1]
+        assert text[after[0]:].startswith("\n") and wrong_lines[-1] != right_lines[-1], "the error reaches the answer"
+        for line in wrong_lines[k + 1:-1]:  # later steps are computed correctly from the wrong value
+            left, result = line.split("=")
+            assert eval(left) == int(result)
+    assert corrupt("3+4=7\nAnswer: 7", rng) is None  # no intermediate step to corrupt
+
+
+@pytest.mark.timeout(120)
+def test_credit_benchmark_quick(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "credit.py"), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "credit.json").read_text())
+    assert result["meta"]["reward_check"] == {"wrong": 0.0, "right": 1.0}
+    for version in ("wrong", "right"):
+        summary = result["summary"][version]
+        assert summary["examples"] == 16 and 0 < summary["span_token_share_mean"] < 1
+        token_shares = sum(summary["regions"][r]["token_share_mean"] for r in ("before", "span", "after"))
+        assert abs(token_shares - 1.0) < 1e-6
+    for picture in ("credit.png", "credit-example.png"):
+        assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
