@@ -11,7 +11,7 @@ share GRPO's uniform blame gives it. On the correct rollout (A > 0) the same for
 span (now the right intermediate result, matching the reference). Also per region: the lines before the
 error (identical to the reference) and the lines after it (carrying the error on).
 
-    python benchmarks/credit.py                # warm start (<= ~5 min) + 300 examples, one thread
+    python benchmarks/credit.py                # warm start (<= 7 min) + 300 examples, one thread
     python benchmarks/credit.py --quick        # pipeline check: untrained tiny model, 16 examples, < 30 s
 
 Writes `credit.json`, `credit.png` (distribution + regions) and `credit-example.png` (one pair, coloured as
@@ -257,9 +257,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="untrained tiny model, 16 examples (a pipeline check)")
     parser.add_argument("--examples", type=int, default=300)
-    parser.add_argument("--difficulty", type=int, default=2, help="arithmetic difficulty (2: three operations)")
+    parser.add_argument("--difficulty", type=int, default=1, help="arithmetic difficulty (1: two operations)")
     parser.add_argument("--eps-w", type=float, default=0.2)
-    parser.add_argument("--warm-budget", type=float, default=300.0, help="warm-start SFT seconds")
+    parser.add_argument("--warm-budget", type=float, default=420.0, help="warm-start SFT seconds")
+    parser.add_argument("--warm-batch", type=int, default=16, help="warm-start SFT batch size (small: more steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "credit"))
     parser.add_argument("--model-dir", default=None, help="reuse this warm-started model (default: --out/warmstart)")
@@ -288,6 +289,7 @@ def main(argv=None) -> int:
         model_dir = Path(args.model_dir or out / "warmstart")
         warm = warm_start("arithmetic", model_dir, seed=args.seed, difficulty=args.difficulty,
                           time_budget_s=args.warm_budget, max_steps=3000, target_accuracy=(0.3, 0.5), num_threads=1,
+                          batch_size=args.warm_batch,
                           privileged_fraction=WARM_START_PRIVILEGED_FRACTION, num_eval_rows=100, progress=False)
         meta["warm_start"] = {"accuracy": warm.accuracy, "steps": warm.steps, "seconds": round(warm.seconds, 1),
                               "reused": warm.reused, "parameters": warm.num_parameters,
