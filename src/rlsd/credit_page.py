@@ -232,6 +232,7 @@ def render_page(records: Sequence[dict[str, Any]], title: str = "rlsd: per-token
                     f'<option value="all">all</option>{options}</select></label>')
     for step in steps:
         chosen = [r for r in records if int(r.get("step", 0)) == step]
+        chosen.sort(key=lambda r: not any(c.get("advantage") for c in r["completions"]))  # informative groups first
         body.append(f'<section class="step" data-step="{step}"><h2>Step {step}</h2>{_clip_table(clip_summary(chosen))}')
         body += [_group_html(r, name, center, half_width) for r in chosen]
         body.append("</section>")
