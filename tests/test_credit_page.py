@@ -14,10 +14,10 @@ from rlsd.credit_page import clip_summary, colour, render_page
 from rlsd.credit_records import CREDIT_FILE, CreditRecorder, load_credit_records
 
 
-def short_run(model_dir, tmp_path, **config):
+def short_run(model_dir, tmp_path, recorder=None, **config):
     args = tiny_config(tmp_path, max_steps=2, **config)
     trainer = RLSDTrainer(model=model_dir, reward_funcs=digit_reward, args=args, train_dataset=make_dataset())
-    CreditRecorder(trainer, args.output_dir, every_n_steps=2)
+    CreditRecorder(trainer, args.output_dir, every_n_steps=2, **(recorder or {}))
     trainer.train()
     return args.output_dir
 
@@ -75,6 +75,19 @@ def test_sampled_token_distillation_records_its_signal(tiny_model_dir, tmp_path,
     completion = records[0]["completions"][0]
     assert len(completion["signals"]["teacher_minus_student"]) == len(completion["tokens"])
     assert "teacher - student" in render_page(records)
+
+
+def test_records_are_bounded_and_grpo_records_tokens_without_signals(tiny_model_dir, tmp_path):
+    run_dir = short_run(tiny_model_dir, tmp_path, algorithm="grpo", recorder={"max_groups": 1, "max_tokens": 5},
+                        per_device_train_batch_size=8)  # two groups per step, one kept
+    records = load_credit_records(run_dir)
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        assert record["algorithm"] == "grpo" and "color" not in record
+        assert len(record["completions"]) == 4 and any(c["truncated"] for c in record["completions"])
+        for completion in record["completions"]:
+            assert len(completion["tokens"]) <= 5 and completion["signals"] == {}
+    assert "No per-token signal recorded" in render_page(records)
 
 
 def test_clip_summary_counts_clipped_weights_by_side_and_position():
