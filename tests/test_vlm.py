@@ -287,3 +287,23 @@ def test_rlsd_eval_on_a_tiny_vlm_over_an_image_jsonl(tiny_llava_dir, tmp_path, c
         records = json.loads(out.read_text())["records"]
         assert len(records) == 4 and all("<image>" in r["prompt"] for r in records)
         assert all(("for grading" in r["prompt"]) == bool(extra) for r in records)
+
+
+def test_teacher_prompt_cut_to_length_keeps_m_rope_fields_aligned_with_image_tokens(tiny_llava_dir, tmp_path):
+    dataset = image_dataset(sizes=((28, 28), (56, 28))).map(lambda row: {"solution": row["solution"] + " pad" * 40})
+    trainer = make_trainer("qwen2_vl", tiny_llava_dir, tmp_path, dataset=dataset, algorithm="rlsd",
+                           per_device_train_batch_size=8, teacher_max_prompt_length=130,
+                           privileged_fields=["answer", "solution"])
+    rows = generation_batch(trainer)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        batch = trainer._generate_and_score_completions(rows)
+    ids, mask = trainer._teacher_prompt_tensors(rows, batch)
+    uncut, _ = trainer._encode_teacher_prompts(
+        [teacher.teacher_prompt(r["prompt"], r, trainer.args.teacher_template) for r in rows], [[r["image"]] for r in rows])
+    assert min(len(u) for u in uncut) > 130 >= int(mask.sum(1).max()), "the privileged text was cut to fit"
+    image_token = trainer.model.config.image_token_id
+    token_types = batch["teacher_mm_token_type_ids"][:, :ids.size(1)]
+    assert torch.equal(token_types.bool(), ids == image_token), "mm_token_type_ids mark the teacher's image tokens"
+    assert torch.equal(batch["teacher_mm_token_type_ids"][:, ids.size(1):].bool(),
+                       torch.zeros_like(batch["completion_ids"]).bool())
