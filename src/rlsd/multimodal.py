@@ -37,10 +37,6 @@ def row_images(rows: Sequence[dict[str, Any]]) -> list[list[Any] | None] | None:
     return None if all(not imgs for imgs in images) else images
 
 
-def has_multimodal_fields(batch: dict[str, Any]) -> bool:
-    return any(batch.get(key) is not None for key in IMAGE_FIELDS + TOKEN_FIELDS)
-
-
 def teacher_prompt_inputs(processor, prompts: Sequence[Any], images: Sequence[list[Any] | None],
                           chat_template_kwargs: dict[str, Any] | None = None, tools=None,
                           ) -> tuple[list[list[int]], dict[str, list[torch.Tensor]]]:
@@ -48,7 +44,8 @@ def teacher_prompt_inputs(processor, prompts: Sequence[Any], images: Sequence[li
 
     `prompts` are chat prompts (with `{"type": "image"}` blocks or plain strings); the images are placed
     into them as TRL does, the chat template applied, and the processor run on text + images, so each image
-    placeholder is expanded to the right number of image tokens (which depends on the image).
+    placeholder is expanded to the right number of image tokens (which depends on the image). The image
+    processor runs again on the same images: CPU work per batch, small next to the teacher's forward.
     """
     from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 
@@ -179,5 +176,5 @@ def reload_renamed_weights(model, checkpoint: str) -> bool:
     return True
 
 
-__all__ = ["row_images", "has_multimodal_fields", "teacher_prompt_inputs", "pad_token_fields", "select_rows",
+__all__ = ["row_images", "teacher_prompt_inputs", "pad_token_fields", "select_rows",
            "model_kwargs", "teacher_forward_fields", "check_supported", "reload_renamed_weights"]
