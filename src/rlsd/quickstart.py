@@ -50,9 +50,9 @@ def budget(task: str, fast: bool) -> dict:
     from .tasks import get_task
 
     if get_task(task).modality == "image":
-        return dict(steps=3 if fast else 40, warm_budget_s=10.0 if fast else 270.0,
+        return dict(steps=3 if fast else 30, warm_budget_s=10.0 if fast else 300.0,
                     warm_max_steps=30 if fast else 1500, warm_train_rows=256 if fast else 3000,
-                    warm_eval_every=1000 if fast else 40, eval_rows=8 if fast else 60, batch=16 if fast else 32,
+                    warm_eval_every=1000 if fast else 30, eval_rows=8 if fast else 50, batch=16 if fast else 32,
                     train_rows=64 if fast else 2000)
     return dict(steps=6 if fast else 100, warm_budget_s=40.0 if fast else 450.0, warm_max_steps=300 if fast else 2000,
                 warm_train_rows=3000, warm_eval_every=100, eval_rows=48 if fast else 100, batch=32 if fast else 64,
