@@ -35,7 +35,7 @@ from rlsd.config import algorithm_variant  # noqa: E402
 from rlsd.quickstart import quickstart_run, self_teacher_accuracy  # noqa: E402
 from rlsd.report import load_metrics, series  # noqa: E402
 from rlsd.run import train  # noqa: E402
-from rlsd.tasks.warmstart import warm_start  # noqa: E402
+from rlsd.tasks.warmstart import load_result, warm_start  # noqa: E402
 
 ABLATIONS = {
     "rlsd": {},
@@ -149,6 +149,9 @@ def parse_args(argv):
     parser.add_argument("--ablation", action="store_true", help="RLSD variants instead of algorithms (first task)")
     parser.add_argument("--quick", action="store_true", help="smoke: arithmetic, 4 variants, 1 seed, 3 steps")
     parser.add_argument("--full", action="store_true", help="issue 15's full design (FULL in this file)")
+    parser.add_argument("--only-finished", action="store_true",
+                        help="train nothing: summarise the warm starts and runs already finished in --out "
+                             "(what `learning_jobs.py` does after its parallel runs)")
     parser.add_argument("--out", default="benchmarks/results/learning")
     args = parser.parse_args(argv)
     args.plan = None
@@ -198,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             ws_name = f"sft{sft_seed}"
             # SFT seed 0 keeps the directory name of the single-warm-start benchmark, so its runs are reused.
             ws_dir = out / (f"warmstart-{task}" if sft_seed == 0 else f"warmstart-{task}-{ws_name}")
+            if args.only_finished and load_result(ws_dir) is None:
+                print(f"[{task}/{ws_name}] no finished warm start in {ws_dir}: skipped", flush=True)
+                continue
             student = warm_start(task, ws_dir, seed=sft_seed, progress=not args.quick,
                                  **({"time_budget_s": 30.0, "max_steps": 200, "num_eval_rows": 32} if args.quick
                                     else {"target_accuracy": band, "time_budget_s": args.student_budget_s,
@@ -220,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                         run["training"]["teacher_model"] = teacher_dir
                     sub = f"{task}/{name.replace('=', '-')}/seed{seed}" if sft_seed == 0 else \
                         f"{task}/{ws_name}/{name.replace('=', '-')}/seed{seed}"
+                    if args.only_finished and not (out / sub / "DONE").exists():
+                        continue
                     print(f"[{task}/{ws_name}] {name} seed {seed}", flush=True)
                     curve, means = run_once(run, out / sub)
                     records.append({"task": task, "warm_start": ws_name, "variant": name, "seed": seed,
@@ -229,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                     for metric, value in means.items():
                         teacher_stats.setdefault(name, {}).setdefault(metric, []).append(value)
             panels[f"{task} / {ws_name} ({student.accuracy:.2f})"] = {
-                n: list(by_seed.values()) for n, by_seed in per_ws_runs[ws_name].items()}
+                n: list(by_seed.values()) for n, by_seed in per_ws_runs.get(ws_name, {}).items()}
+        if not runs:
+            print(f"[{task}] no finished runs: skipped", flush=True)
+            continue
         baseline = "grpo" if "grpo" in runs else next(iter(runs))
         summary = summarize(runs, baseline)
         per_ws = {ws: summarize(r, baseline) for ws, r in per_ws_runs.items()}
