@@ -106,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                 pool.start(f"{task}-sft{ws}-{variants[0]}-seed{seeds[0]}",
                            child_args(args, task, variants[0], seeds[0], ws))
         pool.wait()
-        for task, names in args.plan.items():  # phase 2: every other run
-            for ws in warm_starts:
-                for variant in (n for n in names.split(",") if n):
-                    for seed in seeds:
+        # phase 2: every other run, seed by seed, so that a deadline leaves whole (warm start, seed) pairs
+        for seed in seeds:
+            for task, names in args.plan.items():
+                for ws in warm_starts:
+                    for variant in (n for n in names.split(",") if n):
                         if (variant, seed) != (names.split(",")[0], seeds[0]):
                             pool.start(f"{task}-sft{ws}-{variant}-seed{seed}", child_args(args, task, variant, seed, ws))
         pool.wait()
