@@ -31,6 +31,8 @@ def test_quickstart_fast_writes_parseable_outputs(tmp_path, capsys):
     text = (out / "summary.md").read_text()
     assert "| rlsd" in text and "| grpo" in text and "report/curves.png" in text
     assert "with the reference in the prompt" in text
+    assert summary["credit_pages"] == ["report/credit-rlsd.html", "report/credit-grpo.html"]  # `rlsd inspect` pages
+    assert "(report/credit-rlsd.html)" in text and (out / "report" / "credit-rlsd.html").is_file()
     assert "summary in" in capsys.readouterr().out
 
 

@@ -123,11 +123,13 @@ def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int
         run = quickstart_run(task, str(out / "warmstart"), algorithm, steps, seed, fast)
         run_dirs.append(str(train(run, output_dir=out / algorithm).output_dir))
 
-    rows = report(run_dirs, out / "report", title=f"rlsd quickstart: {task}, RLSD vs GRPO")["summary"]
+    reported = report(run_dirs, out / "report", title=f"rlsd quickstart: {task}, RLSD vs GRPO")
+    rows = reported["summary"]
     summary = {"task": task, "steps": steps, "seed": seed, "fast": fast,
                "warm_start": {"accuracy": warm.accuracy, "steps": warm.steps, "seconds": warm.seconds,
                               "accuracy_with_reference": with_reference},
-               "runs": rows, "total_seconds": round(time.perf_counter() - started, 1)}
+               "runs": rows, "total_seconds": round(time.perf_counter() - started, 1),
+               "credit_pages": [f"report/{p.name}" for p in reported.get("credit_pages", [])]}
     if get_task(task).tools:  # an agent task
         summary["tool_calls"] = {alg: _tool_call_stats(Path(d)) for alg, d in zip(QUICKSTART_ALGORITHMS, run_dirs)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -155,6 +157,8 @@ def _summary_markdown(summary: dict) -> str:
           f"{t['train_mean']} per training rollout on average." for alg, t in summary.get("tool_calls", {}).items()],
         "",
         "![held-out accuracy and reward](report/curves.png)",
+        "",
+        *[f"Per-token credit (`rlsd inspect`): [{Path(page).stem}]({page})" for page in summary.get("credit_pages", [])],
         "",
     ])
 
