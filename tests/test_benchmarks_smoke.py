@@ -156,3 +156,17 @@ def test_credit_benchmark_quick(tmp_path):
         assert abs(token_shares - 1.0) < 1e-6
     for picture in ("credit.png", "credit-example.png"):
         assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_data_load_benchmark_smoke(tmp_path):
+    out = tmp_path / "data_load.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "data_load.py"), "--rows", "2000", "--repeats", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {r["kind"]: r["rows"] for r in result["runs"]} == {"datasets": 2000, "rlsd": 2000}
+    assert result["files_written_next_to_data"] == [] and result["time_ratio"] > 0
+    assert "targets:" in proc.stdout
