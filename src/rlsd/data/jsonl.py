@@ -11,6 +11,7 @@ Python, whose parser raises a clean `RecursionError`.
 from __future__ import annotations
 
 import gzip
+import json
 import lzma
 import zlib
 from pathlib import Path
@@ -94,10 +95,28 @@ def _arrow_chunk(buf: bytes, longest: int) -> pa.Table | None:
         return None
 
 
+def _all_objects(text: str, lines: list[tuple[int, str]]) -> list[tuple[int, dict]] | None:
+    """Every line parsed by one json.loads call (much faster than one call per line), or None if any line is
+    not exactly one JSON object (then each line is parsed on its own, to name the bad ones)."""
+    try:
+        rows = json.loads("[" + ",".join(line for _, line in lines) + "]")
+    except (ValueError, RecursionError):
+        return None
+    if len(rows) != len(lines) or not all(isinstance(r, dict) for r in rows):
+        return None
+    return [(n, r) for (n, _), r in zip(lines, rows)]
+
+
 def _python_chunk(buf: bytes, first_line: int, label: str) -> tuple[dict[str, list], np.ndarray, list[Problem]]:
-    text = buf.decode("utf-8", errors="surrogateescape")
-    items = _jsonl(text, label, first_line)
-    if "\udc80" <= max(text, default="\x00"):  # some byte was not UTF-8: name the row and field
+    try:
+        text, bad_bytes = buf.decode("utf-8"), False
+    except UnicodeDecodeError:  # keep going: bad bytes are reported per row, with the field they are in
+        text, bad_bytes = buf.decode("utf-8", errors="surrogateescape"), True
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), start=first_line) if line.strip()]
+    items = None if bad_bytes else _all_objects(text, lines)
+    if items is None:
+        items = _jsonl(text, label, first_line)
+    if bad_bytes:
         items = [(n, (_utf8_problem(r, label, n) or r) if isinstance(r, dict) else r) for n, r in items]
     rows = [(n, r) for n, r in items if isinstance(r, dict)]
     keys = list(dict.fromkeys(k for _, r in rows for k in r))
