@@ -107,7 +107,7 @@ def _all_objects(text: str, lines: list[tuple[int, str]]) -> list[tuple[int, dic
     return [(n, r) for (n, _), r in zip(lines, rows)]
 
 
-def _python_chunk(buf: bytes, first_line: int, label: str) -> tuple[dict[str, list], np.ndarray, list[Problem]]:
+def _python_chunk(buf: bytes, first_line: int, label: str) -> tuple[dict[str, Any], np.ndarray, list[Problem]]:
     try:
         text, bad_bytes = buf.decode("utf-8"), False
     except UnicodeDecodeError:  # keep going: bad bytes are reported per row, with the field they are in
@@ -120,9 +120,17 @@ def _python_chunk(buf: bytes, first_line: int, label: str) -> tuple[dict[str, li
         items = [(n, (_utf8_problem(r, label, n) or r) if isinstance(r, dict) else r) for n, r in items]
     rows = [(n, r) for n, r in items if isinstance(r, dict)]
     keys = list(dict.fromkeys(k for _, r in rows for k in r))
-    columns = {str(k): [r.get(k) for _, r in rows] for k in keys}
+    columns = {str(k): _arrow_if_typed([r.get(k) for _, r in rows]) for k in keys}
     numbers = np.fromiter((n for n, _ in rows), dtype=np.int64, count=len(rows))
     return columns, numbers, [r for _, r in items if isinstance(r, Problem)]
+
+
+def _arrow_if_typed(values: list) -> Any:
+    """Arrow when the values have one type (far less memory than Python objects until the chunks are joined)."""
+    try:
+        return pa.array(values)
+    except Exception:  # noqa: BLE001 - mixed values stay Python values
+        return values
 
 
 def _join(parts: list[Any], sizes: list[int]) -> Any:
