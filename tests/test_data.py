@@ -326,3 +326,39 @@ def test_jsonl_read_in_many_chunks_gives_the_same_rows_and_problems(tmp_path, mo
     assert [r["answer"] for r in rows[:7]] == ["0", "1", "2", "3", "4", "5", "1/2"]
     assert rows[6]["level"] == 1.5 and rows[0]["level"] == 0 and rows[-2]["extra"] == {"k": 3}
     assert rows[-1]["answer"] == "2020-01-01" and rows[-1]["when"] == "2021-02-03"  # text stays text
+
+
+def test_chat_prompts_are_checked_the_same_by_arrow_and_by_python(tmp_path):
+    """A JSONL of chat prompts is checked with Arrow compute; a .json file of the same rows row by row in
+    Python: both must name the same rows with the same messages."""
+    user = lambda text: {"role": "user", "content": text}  # noqa: E731
+    prompts = [
+        [user("fine?")],
+        [{"role": "wizard", "content": "x"}, user("y")],
+        [user("ok"), {"role": "assistant"}],
+        [],
+        None,
+        [{"role": "system", "content": "only a system message"}],
+        [user("   ")],
+        [{"role": "system", "content": "s"}, user("also fine?")],
+    ]
+    rows = [{"prompt": p, "answer": "1"} for p in prompts]
+    jsonl = write_jsonl(tmp_path / "d.jsonl", rows)
+    as_json = tmp_path / "d.json"
+    as_json.write_text(json.dumps(rows))
+    arrow, python = error_of(jsonl), error_of(as_json)
+    assert arrow.replace(str(jsonl), "F") == python.replace(str(as_json), "F")
+    expected = [
+        ":2: field 'prompt': message 1 has unknown role 'wizard'",
+        ":3: field 'prompt': message 2 must be an object with 'role' and 'content'",
+        ":4: field 'prompt': empty list of messages",
+        ":5: field 'prompt': missing",
+        ":6: field 'prompt': no non-empty user message",
+        ":7: field 'prompt': no non-empty user message",
+    ]
+    for line in expected:
+        assert f"{jsonl}{line}" in arrow, line
+    assert arrow.startswith("6 of 8 rows are invalid")
+    with pytest.warns(DatasetWarning):
+        kept = load_dataset(jsonl, skip_bad_rows=True)["train"]["prompt"]
+    assert [p[-1]["content"] for p in kept] == ["fine?", "also fine?"]

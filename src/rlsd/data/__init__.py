@@ -13,8 +13,9 @@ lazily decoded `datasets.Image`s, only when rows carry images), plus every
 other original column (rewards may need them, e.g. `tests`). The source
 columns that were mapped onto these are not repeated.
 
-Modules: `readers` (files -> Arrow columns), `columns` (mapping and per-column
-checks), `images` (image rows), `problems` (errors and the report).
+Modules: `readers` (files -> Arrow columns), `jsonl` (JSONL in chunks),
+`columns` (mapping and per-column checks), `images` (image rows), `problems`
+(errors and the report).
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ way each problem is `(row index, source column, message)`; the caller turns them
 
 from __future__ import annotations
 
-import json
 import math
 import string
 from typing import Any, Iterable
@@ -156,6 +155,8 @@ def check_prompts(values: Any, name: str) -> tuple[Any, list[Issue]]:
         blank = _where(pc.or_(pc.equal(pc.utf8_length(values), 0), pc.utf8_is_space(values)))
         issues = [(int(i), name, "missing") for i in missing] + [(int(i), name, "empty") for i in blank]
         return values, sorted(issues)
+    if _is_text_messages(values):
+        return values, _check_messages_arrow(values, name)
     values = to_list(values)
     issues: list[Issue] = []
     for i, prompt in enumerate(values):
@@ -172,6 +173,45 @@ def check_prompts(values: Any, name: str) -> tuple[Any, list[Issue]]:
             shown = f"{prompt!r:.40}"
             issues.append((i, name, f"expected text or a list of chat messages, got {_type_name(prompt)} {shown}"))
     return values, issues
+
+
+def _is_text_messages(values: Any) -> bool:
+    """A column Arrow typed as list<struct<role: string, content: string, ...>> (the common chat format)."""
+    if not is_arrow(values) or not pa.types.is_list(values.type) or not pa.types.is_struct(values.type.value_type):
+        return False
+    fields = {f.name: f.type for f in values.type.value_type}
+    return all(pa.types.is_string(fields.get(k, pa.null())) for k in ("role", "content"))
+
+
+def _check_messages_arrow(values: Any, name: str) -> list[Issue]:
+    """`messages_problem` for every row at once: the first bad message of each row, else a row with no
+    non-empty user message. Only the rows with a problem are looked at in Python (for the message text)."""
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    n = len(array)
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(array), -1).to_numpy(zero_copy_only=False))
+    messages = pc.list_flatten(array)  # nulls and empty lists contribute nothing
+    parent = np.asarray(pc.list_parent_indices(array).to_numpy(zero_copy_only=False))
+    role, content = pc.struct_field(messages, "role"), pc.struct_field(messages, "content")
+    incomplete = np.asarray(pc.fill_null(pc.or_(role.is_null(), content.is_null()), True).to_numpy(zero_copy_only=False))
+    known = np.asarray(pc.fill_null(pc.is_in(role, pa.array(sorted(ROLES))), False).to_numpy(zero_copy_only=False))
+    bad = incomplete | ~known
+    speaks = np.zeros(n, dtype=bool)
+    user = pc.and_(pc.equal(role, "user"), pc.invert(pc.or_(pc.equal(pc.utf8_length(content), 0), pc.utf8_is_space(content))))
+    speaks[parent[_where(user)]] = True
+    first_bad = {}
+    for k in np.flatnonzero(bad):  # message order: the first bad message of a row wins
+        first_bad.setdefault(int(parent[k]), int(k))
+    issues: list[Issue] = []
+    for i in range(n) if (lengths <= 0).any() or first_bad or not speaks.all() else ():
+        if lengths[i] < 0:
+            issues.append((i, name, "missing"))
+        elif lengths[i] == 0:
+            issues.append((i, name, "empty list of messages"))
+        elif i in first_bad:
+            issues.append((i, name, messages_problem(array[i].as_py()) or "invalid messages"))
+        elif not speaks[i]:
+            issues.append((i, name, "no non-empty user message"))
+    return issues
 
 
 def check_texts(values: Any, name: str | None, n: int, required: bool) -> tuple[Any, list[Issue]]:
@@ -261,6 +301,8 @@ def prompt_key(prompt: Any) -> str:
 
 def as_chat(prompts: Any) -> Any:
     """Text prompts -> one user message each (Arrow needs one prompt type per column)."""
+    if is_arrow(prompts) and not _is_text(prompts):
+        return prompts  # already messages
     if _is_text(prompts):
         content = prompts.combine_chunks() if isinstance(prompts, pa.ChunkedArray) else prompts
         role = pa.array(np.full(len(content), "user", dtype=object), pa.string())
@@ -274,7 +316,3 @@ def is_chat(prompts: Any, keep: np.ndarray) -> bool:
     if is_arrow(prompts):
         return pa.types.is_list(prompts.type) or pa.types.is_large_list(prompts.type)
     return any(isinstance(p, list) for p, k in zip(prompts, keep) if k)
-
-
-def json_safe(value: Any) -> str:
-    return json.dumps(value, default=str)[:40]
