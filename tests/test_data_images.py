@@ -120,6 +120,7 @@ def test_bad_images_are_one_line_each_and_skip_bad_rows_drops_them(tmp_path):
         {"question": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "two?"},
                                                    {"type": "image"}]}], "image": ["ok.png"], "answer": "1"},
         {"question": "bad base64", "image": "data:image/png;base64,%%%", "answer": "1"},
+        {"question": "device", "image": "/dev/zero", "answer": "1"},
         {"question": "also fine", "image": "ok.png", "answer": "2"},
     ]  # fmt: skip
     path = write_jsonl(tmp_path / "d.jsonl", rows)
@@ -134,12 +135,13 @@ def test_bad_images_are_one_line_each_and_skip_bad_rows_drops_them(tmp_path):
         f"{path}:8: field 'image': image 2 of 2: no such file: nope.png",
         f"{path}:9: field 'image': the prompt has 2 image placeholder(s)",
         f"{path}:10: field 'image': a data: URI that is not valid base64",
+        f"{path}:11: field 'image': /dev/zero is not a regular file",
     ]
     for line in expected:
         assert line in message, line
-    assert message.startswith("9 of 11 rows are invalid") and f"{path}:1:" not in message
+    assert message.startswith("10 of 12 rows are invalid") and f"{path}:1:" not in message
     assert all(line.count(":") >= 3 for line in message.splitlines()[1:])  # FILE:ROW: field ...: one line each
-    with pytest.warns(DatasetWarning, match="dropped 9 of 11 rows"):
+    with pytest.warns(DatasetWarning, match="dropped 10 of 12 rows"):
         train = load_dataset(path, skip_bad_rows=True)["train"]
     assert [p[0]["content"] for p in train["prompt"]] == ["fine", "also fine"]
 

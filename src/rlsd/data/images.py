@@ -151,6 +151,8 @@ class _Resolver:
                 self.checked[key] = f"no such file: {ref} (looked for {path})"
             elif path.is_dir():
                 self.checked[key] = f"{ref} is a directory, not an image file"
+            elif not path.is_file():  # a FIFO or device would block or never end
+                self.checked[key] = f"{ref} is not a regular file"
             else:
                 why = _verify(None, path)
                 self.checked[key] = f"{ref}: {why}" if why else None
