@@ -224,3 +224,13 @@ def test_rlsd_train_on_a_jsonl_of_image_rows(tmp_path):
     steps = [m for m in metrics if "loss" in m]
     assert len(steps) == 2 and all(m["teacher/rows_scored_frac"] > 0 for m in steps)
     assert any("eval/accuracy" in m for m in metrics)
+
+
+def test_ten_thousand_image_rows_hold_no_decoded_pixels(tmp_path):
+    """Images stay paths until a row is read: 10k rows of 64x64 pictures would be 123 MB decoded."""
+    for k in range(10):
+        png(tmp_path / f"{k}.png", ["red", "blue"][k % 2], (64, 64))
+    rows = [{"question": f"Q{i}?", "image": f"{i % 10}.png", "answer": str(i)} for i in range(10_000)]
+    train = load_dataset(write_jsonl(tmp_path / "d.jsonl", rows))["train"]
+    assert train.num_rows == 10_000 and train.data.nbytes < 2_000_000  # paths and text only
+    assert train[9_999]["images"][0].size == (64, 64)  # decoded on access
