@@ -98,6 +98,8 @@ def test_bytes_saved_image_features_and_pil_images(tmp_path):
     saved.save_to_disk(str(tmp_path / "saved"))
     train = load_dataset(tmp_path / "saved")["train"]
     assert train[0]["images"][0].size == (4, 4) and "picture" not in train.column_names
+    saved.to_parquet(str(tmp_path / "typed.parquet"))  # the Image type travels in the Parquet metadata
+    assert load_dataset(tmp_path / "typed.parquet")["train"][0]["images"][0].size == (4, 4)
 
     in_memory = datasets.Dataset.from_list([{"question": "q?", "answer": "1", "image": Image.new("RGB", (2, 2))}])
     assert load_dataset(in_memory)["train"][0]["images"][0].size == (2, 2)

@@ -232,9 +232,12 @@ def _parquet(path: Path, label: str, opener) -> Source:
     source: Any = path if opener is None else pa.BufferReader(_read_all(path, label, opener))
     try:
         table = pq.read_table(source)
-        features = datasets.Features.from_arrow_schema(table.schema) if table.schema.metadata else None
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
         raise fail(label, f"not a readable Parquet file: {str(exc)[:300]}") from None
+    try:  # a file written by `datasets` says which columns are images (datasets.Image) in its metadata
+        features = datasets.Features.from_arrow_schema(table.schema) if table.schema.metadata else None
+    except Exception:  # noqa: BLE001 - metadata `datasets` cannot read: plain Arrow types are enough
+        features = None
     return from_table(table, label, features, base_dir=path.parent)
 
 
