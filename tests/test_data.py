@@ -362,3 +362,23 @@ def test_chat_prompts_are_checked_the_same_by_arrow_and_by_python(tmp_path):
     with pytest.warns(DatasetWarning):
         kept = load_dataset(jsonl, skip_bad_rows=True)["train"]["prompt"]
     assert [p[-1]["content"] for p in kept] == ["fine?", "also fine?"]
+
+
+def test_csv_with_bad_rows_gives_the_same_result_from_arrow_and_from_the_csv_module(tmp_path, monkeypatch):
+    from rlsd.data import readers
+
+    path = tmp_path / "d.csv"
+    path.write_text('question,answer\n"multi\nline 1?",1\nbad row\n\nq3?,3\nq4?,4,extra\n"q,5?",5\nq6?,\n')
+
+    def load():
+        with pytest.warns(DatasetWarning) as caught:
+            rows = load_dataset(path, skip_bad_rows=True)["train"]["prompt"]
+        return rows, str(caught[0].message), error_of(path)
+
+    arrow = load()
+    monkeypatch.setattr(readers, "_arrow_csv", lambda *a, **k: None)
+    assert load() == arrow
+    rows, _, message = arrow
+    assert rows == ["multi\nline 1?", "q3?", "q,5?"]
+    assert f"{path}:2: has 1 fields, the header has 2" in message and f"{path}:4: has 3 fields" in message
+    assert f"{path}:6: field 'answer': empty" in message

@@ -4,7 +4,8 @@ Fast path: Arrow's own readers (`pyarrow.json` chunk by chunk (see `jsonl.py`), 
 memory-mapped saved datasets), which build the columns in C++ with no Python object per row. Where Arrow
 refuses the input (a bad line, a column whose type changes between rows, bytes that are not UTF-8, ...) the
 exact Python parser reads it row by row so every problem can be named by its row: for JSONL only the chunk
-concerned, for CSV/TSV the whole file; a good file never pays for that.
+concerned, for CSV/TSV the whole file (rows with the wrong number of fields are named by Arrow itself); a
+good file never pays for that.
 """
 
 from __future__ import annotations
@@ -200,30 +201,48 @@ def _read_all(path: Path, label: str, opener) -> bytes:
 
 
 def _arrow_csv(path: Path, label: str, opener, delimiter: str) -> Source | None:
-    """CSV/TSV through pyarrow.csv with every column read as text (as the csv module does)."""
+    """CSV/TSV through pyarrow.csv with every column read as text (as the csv module does). Rows with the
+    wrong number of fields are collected (a second, single-threaded pass, which knows their row numbers)."""
     import pyarrow.csv as pc
+
+    invalid: list[tuple[int | None, int]] = []
+
+    def collect(row) -> str:
+        invalid.append((row.number, row.actual_columns))
+        return "skip"
+
+    def read(names: list[str], threads: bool, handler) -> pa.Table:
+        with (opener or open)(path, "rb") as fh:
+            return pc.read_csv(
+                fh if opener is not None else str(path),
+                read_options=pc.ReadOptions(block_size=4 << 20, use_threads=threads),
+                parse_options=pc.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=handler),
+                convert_options=pc.ConvertOptions(
+                    column_types={n: pa.string() for n in names}, strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )  # fmt: skip
 
     try:
         with (opener or open)(path, "rt", encoding="utf-8-sig", newline="") as fh:
             names = next(csv.reader(fh, delimiter=delimiter), None)
         if not names or len(set(names)) != len(names):
             return None
-        with (opener or open)(path, "rb") as fh:
-            table = pc.read_csv(
-                fh if opener is not None else str(path),
-                read_options=pc.ReadOptions(block_size=4 << 20),
-                parse_options=pc.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                convert_options=pc.ConvertOptions(
-                    column_types={n: pa.string() for n in names},
-                    strings_can_be_null=False,
-                    quoted_strings_can_be_null=False,
-                ),
-            )
+        try:
+            table = read(names, True, None)
+        except pa.ArrowInvalid:
+            table = read(names, False, collect)
     except Exception:  # noqa: BLE001 - the Python reader names the row (or the archive problem)
         return None
-    if table.column_names != names:
+    # pyarrow counts the header as row 1; the user's (and the csv module's) data rows start after it
+    if table.column_names != names or any(n is None or n < 2 for n, _ in invalid):
         return None
-    return from_table(table, label, base_dir=path.parent)
+    width = len(names)
+    problems = [Problem(label, n - 1, f"has {got} fields, the header has {width}") for n, got in invalid]
+    numbers = None
+    if invalid:
+        numbers = np.delete(np.arange(1, table.num_rows + len(invalid) + 1, dtype=np.int64), [n - 2 for n, _ in invalid])
+    return Source(label, {n: table.column(n) for n in names}, table.num_rows, problems, numbers, path.parent)
 
 
 def _parquet(path: Path, label: str, opener) -> Source:
