@@ -46,8 +46,8 @@ PRESETS = {
                 teacher_pass=dict(prompt=512, completion=2048, generations=8, repeats=3),
                 time_limit=480),
     "smoke": dict(model=dict(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vocab=None),
-                  train=dict(prompt=40, completion=8, batch=4, generations=2, steps=2),
-                  cost=dict(prompt=48, completion=12, batch=4, generations=2),
+                  train=dict(prompt=64, completion=8, batch=4, generations=2, steps=2),
+                  cost=dict(prompt=64, completion=12, batch=4, generations=2),
                   teacher_pass=dict(prompt=48, completion=12, generations=4, repeats=1),
                   time_limit=300),
 }
@@ -135,12 +135,30 @@ def build_model(spec: dict, tokenizer, path: Path, max_positions: int, bf16: boo
             "vocab": config.vocab_size}
 
 
-def context_chars_for(tokenizer, prompt_tokens: int) -> int:
-    """Background characters that bring cost_worker's prompts to `prompt_tokens` tokens (1 token per character)."""
+def context_chars_for(model_path: str, prompt_tokens: int) -> int:
+    """Background characters that bring cost_worker's prompts to `prompt_tokens` tokens.
+
+    Counted with the tokenizer the trainer loads from `model_path` (`AutoTokenizer`: for a Qwen2 directory that is
+    transformers' Qwen2 tokenizer class, which drops the character vocabulary's spaces), so the count is exact.
+    """
+    from transformers import AutoTokenizer
+
     from cost_worker import make_rows
 
-    base = len(tokenizer.apply_chat_template(make_rows(1)[0]["prompt"], add_generation_prompt=True, tokenize=True))
-    return max(0, prompt_tokens - base)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    def length(chars: int) -> int:
+        prompt = make_rows(1, context_chars=chars)[0]["prompt"]
+        return len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"])
+
+    chars = 0
+    for _ in range(20):
+        missing = prompt_tokens - length(chars)
+        if missing <= 0:
+            break
+        chars += missing
+    return chars
 
 
 # ---- parts ----------------------------------------------------------------------------------------------------------
@@ -436,10 +454,10 @@ def main(argv: list[str] | None = None) -> int:
         part("teacher_pass", lambda left: teacher_pass_part(models["student"]["path"], preset["teacher_pass"], bf16))
         train = preset["train"]
         train_cfg = {**train, "model": models["student"]["path"], "output_dir": str(workdir / "train"),
-                     "context_chars": context_chars_for(tokenizer, train["prompt"]), "use_vllm": False}
+                     "context_chars": context_chars_for(models["student"]["path"], train["prompt"]), "use_vllm": False}
         part("train", lambda left: run_train_part(train_cfg, timeout=left))
         cost = preset["cost"]
-        part("cost", lambda left: cost_part(models, cost, context_chars_for(tokenizer, cost["prompt"]), workdir,
+        part("cost", lambda left: cost_part(models, cost, context_chars_for(models["student"]["path"], cost["prompt"]), workdir,
                                             deadline=started + limit + 30))
         try:
             import vllm  # noqa: F401

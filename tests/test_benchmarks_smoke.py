@@ -106,6 +106,7 @@ def test_gpu_check_smoke_runs_every_part_on_cpu(tmp_path):
     assert result["train"]["all_finite"] and len(result["train"]["steps"]) == 2
     assert result["train_vllm"].startswith("skipped")
     assert set(result["cost"]["per_config"]) == {"grpo", "rlsd", "opd2x"}
+    assert result["cost"]["per_config"]["rlsd"]["student_prompt_tokens"] == 64, "prompts sized to --prompt tokens"
     for key in ("rlsd_vs_grpo/step_time", "rlsd_vs_grpo/peak_mb", "rlsd_vs_opd2x/step_time", "rlsd/teacher_time_frac"):
         assert result["cost"]["ratios"][key] > 0, key
     assert "shared prefix" in (out / "gpu_check.txt").read_text()

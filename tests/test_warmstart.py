@@ -99,3 +99,6 @@ def test_fixed_steps_warm_start_is_reproducible_and_the_time_cap_warns(tmp_path,
     capped = warm_start("arithmetic", tmp_path / "c", **{**settings, "fixed_steps": 500, "time_budget_s": 0.0})
     assert capped.capped and capped.steps < 500
     assert "NOT the reproducible one" in capsys.readouterr().out
+    band = warm_start("arithmetic", tmp_path / "d", **{**settings, "fixed_steps": None, "max_steps": 50,
+                                                       "target_accuracy": (0.9, 1.0), "time_budget_s": 0.0})
+    assert band.capped and "NOT the reproducible one" in capsys.readouterr().out
