@@ -16,6 +16,16 @@ PRIVILEGED_FIELDS = ("answer", "solution")
 # The tiny model also learns from prompts that carry the reference, so that its self-teacher can use one, as an
 # instruction-tuned LLM can; trained on plain prompts only it scores 0 with a reference (benchmarks/RESULTS.md).
 WARM_START_PRIVILEGED_FRACTION = 0.5
+# Reproducible warm start (text tasks): deterministic kernels, one torch thread and length-grouped batches, so the
+# same command gives the same checkpoint on the same kind of CPU whatever else the machine runs: training and the
+# held-out evaluations are deterministic, so the step at which accuracy enters the band is too, and the time limit
+# is only a safety cap that warns loudly. A task listed in WARM_START_STEPS instead runs exactly that many steps
+# (chosen beforehand to land in the band) and evaluates once, which saves the periodic evaluations; no count has
+# been chosen yet (the calibration run did not finish on the loaded machine of issue 14's session).
+WARM_START_STEPS: dict[str, int] = {}
+WARM_START_CAP_S = 1200.0
+QUICKSTART_THREADS = 1
+PROGRESS_EVERY = 10  # steps between compact progress lines
 
 
 def self_teacher_accuracy(task: str, model_dir: str, num_rows: int = 100) -> float:
@@ -59,6 +69,24 @@ def budget(task: str, fast: bool) -> dict:
                 train_rows=2000)
 
 
+def reproducible_warm_start(task: str, fast: bool) -> dict:
+    """`warm_start` settings that make the quickstart's checkpoint reproducible (text tasks; image tasks as before).
+
+    Deterministic kernels, one torch thread, length-grouped batches; the time limit only a safety cap (`--fast`, a
+    pipeline check, keeps its 40 s budget); a fixed step count where one was chosen for `task`.
+    """
+    from .tasks import get_task
+
+    if get_task(task).modality == "image":
+        return {}
+    settings = dict(num_threads=QUICKSTART_THREADS, deterministic=True, group_by_length=True)
+    if not fast:
+        settings["time_budget_s"] = WARM_START_CAP_S  # a safety cap, not the stopping rule
+        if task in WARM_START_STEPS:
+            settings["fixed_steps"] = WARM_START_STEPS[task]
+    return settings
+
+
 def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: int, fast: bool) -> dict:
     """The run config both algorithms share; only `algorithm` differs."""
     from .tasks import get_task
@@ -88,7 +116,7 @@ def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: 
             "save_strategy": "no",
             "seed": seed,
             "report_to": [],
-            "disable_tqdm": False,
+            "disable_tqdm": True,  # rlsd.progress prints a compact line every few steps instead
             "privileged_fields": list(PRIVILEGED_FIELDS),
         },
     }
@@ -98,8 +126,9 @@ def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int
                    output_dir: str = "runs/quickstart", fast: bool = False) -> Path:
     from .report import report
     from .run import check_output_dir, train
+    from .progress import CompactProgressCallback
     from .tasks import get_task
-    from .tasks.warmstart import warm_start
+    from .tasks.warmstart import _deterministic, _torch_threads, warm_start
 
     out = check_output_dir(output_dir)
     sizes = budget(task, fast)
@@ -107,27 +136,36 @@ def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int
     started = time.perf_counter()
     agent = _agent_fast(task, fast)
     eval_rows = agent["eval_rows"] if agent else sizes["eval_rows"]
+    reproducible = reproducible_warm_start(task, fast)
     warm = warm_start(task, out / "warmstart", seed=seed, **{
         "time_budget_s": sizes["warm_budget_s"], "max_steps": sizes["warm_max_steps"], "num_eval_rows": eval_rows,
         "num_train_rows": sizes["warm_train_rows"], "eval_every": sizes["warm_eval_every"],
         "target_accuracy": (0.2, 0.5) if fast else (0.3, 0.5), "privileged_fraction": WARM_START_PRIVILEGED_FRACTION,
-        **(agent["warm_start"] if agent else {})})
-    with_reference = self_teacher_accuracy(task, str(out / "warmstart"), num_rows=eval_rows)
+        **(agent["warm_start"] if agent else {}), **reproducible})
+    threads = reproducible.get("num_threads")
+    with _torch_threads(threads):
+        with_reference = self_teacher_accuracy(task, str(out / "warmstart"), num_rows=eval_rows)
     print(f"rlsd quickstart: warm start {'reused' if warm.reused else 'done'}: held-out accuracy "
           f"{warm.accuracy:.2f} after {warm.steps} SFT steps ({warm.seconds:.0f}s); with the reference in the "
           f"prompt (the self-teacher's view): {with_reference:.2f}", flush=True)
 
     run_dirs = []
     for algorithm in QUICKSTART_ALGORITHMS:
-        print(f"rlsd quickstart: training {algorithm} for {steps} steps", flush=True)
+        every = 1 if fast else PROGRESS_EVERY
+        print(f"rlsd quickstart: training {algorithm} for {steps} steps (a line every {every} steps; every metric "
+              f"in {out / algorithm / 'metrics.jsonl'})", flush=True)
         run = quickstart_run(task, str(out / "warmstart"), algorithm, steps, seed, fast)
-        run_dirs.append(str(train(run, output_dir=out / algorithm).output_dir))
+        with _torch_threads(threads), _deterministic(reproducible.get("deterministic", False)):
+            prepared = train(run, output_dir=out / algorithm, extra_callbacks=[CompactProgressCallback(algorithm, every)])
+        run_dirs.append(str(prepared.output_dir))
 
     reported = report(run_dirs, out / "report", title=f"rlsd quickstart: {task}, RLSD vs GRPO")
     rows = reported["summary"]
     summary = {"task": task, "steps": steps, "seed": seed, "fast": fast,
                "warm_start": {"accuracy": warm.accuracy, "steps": warm.steps, "seconds": warm.seconds,
-                              "accuracy_with_reference": with_reference},
+                              "accuracy_with_reference": with_reference, "in_band": warm.in_band,
+                              "capped": warm.capped, "fixed_steps": reproducible.get("fixed_steps"),
+                              "threads": threads, "deterministic": reproducible.get("deterministic", False)},
                "runs": rows, "total_seconds": round(time.perf_counter() - started, 1),
                "credit_pages": [f"report/{p.name}" for p in reported.get("credit_pages", [])]}
     if get_task(task).tools:  # an agent task
@@ -146,7 +184,8 @@ def _summary_markdown(summary: dict) -> str:
     return "\n".join([
         f"# rlsd quickstart: {summary['task']}",
         "",
-        f"Warm start (SFT on worked solutions): held-out accuracy {warm['accuracy']:.2f} after {warm['steps']} steps; "
+        f"Warm start (SFT on worked solutions): held-out accuracy {warm['accuracy']:.2f} after {warm['steps']} steps"
+        f"{_reproducibility_note(warm)}; "
         f"{warm['accuracy_with_reference']:.2f} with the reference in the prompt (what RLSD's teacher sees). "
         f"Then {summary['steps']} RL steps per algorithm from that checkpoint, same seed ({summary['seed']}), data "
         f"order and budget. Total time {summary['total_seconds']:.0f}s.",
@@ -175,3 +214,13 @@ def _tool_call_stats(run_dir: Path) -> dict:
     return {"heldout_first": round(heldout[0], 2) if heldout else None,
             "heldout_final": round(heldout[-1], 2) if heldout else None,
             "train_mean": round(sum(train) / len(train), 2) if train else None}
+
+
+def _reproducibility_note(warm: dict) -> str:
+    if warm.get("capped"):
+        return " (CUT SHORT by the time cap: not the reproducible checkpoint)"
+    if warm.get("deterministic"):
+        rule = "a fixed step count" if warm.get("fixed_steps") else "the first evaluation in the band"
+        return (f" ({rule}, deterministic kernels, {warm.get('threads')} torch thread: the same command on the same "
+                "kind of CPU gives the same step count and accuracy)")
+    return ""
