@@ -34,7 +34,8 @@ def child_args(args, task: str, variants: str, seeds: str, warm_starts: str) -> 
     return ["--tasks", task, "--algorithms", variants, "--seeds", seeds, "--warm-starts", warm_starts,
             "--eval-size", str(args.eval_size), "--steps", str(args.steps),
             "--privileged-fraction", str(args.privileged_fraction), "--student-budget-s", str(args.student_budget_s),
-            "--student-max-steps", str(args.student_max_steps), "--band", args.band,
+            "--student-max-steps", str(args.student_max_steps),
+            "--student-eval-every", str(args.student_eval_every), "--band", args.band,
             "--teacher-contrast", args.teacher_contrast, "--out", str(args.out)]
 
 
