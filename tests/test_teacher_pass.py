@@ -145,3 +145,64 @@ def test_three_training_steps_give_the_same_losses_with_and_without_sharing(tiny
         losses[share] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses[True]) == 3 and any(loss != 0 for loss in losses[True])
     assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-6)
+
+
+def _left_right_padded_batch(vocab: int, prompt_lengths, completion_lengths, prompt_cols: int, completion_cols: int):
+    """Random left-padded prompts and right-padded completions (pad id 0, mask 0 on padding)."""
+    gen = torch.Generator().manual_seed(0)
+    rows = len(prompt_lengths)
+    prompt_ids = torch.zeros(rows, prompt_cols, dtype=torch.long)
+    prompt_mask = torch.zeros(rows, prompt_cols, dtype=torch.long)
+    completion_ids = torch.zeros(rows, completion_cols, dtype=torch.long)
+    completion_mask = torch.zeros(rows, completion_cols, dtype=torch.long)
+    for row, (p, c) in enumerate(zip(prompt_lengths, completion_lengths, strict=True)):
+        prompt_ids[row, prompt_cols - p:] = torch.randint(3, vocab, (p,), generator=gen)
+        prompt_mask[row, prompt_cols - p:] = 1
+        completion_ids[row, :c] = torch.randint(3, vocab, (c,), generator=gen)
+        completion_mask[row, :c] = 1
+    prompt_ids[1], prompt_mask[1] = prompt_ids[0], prompt_mask[0]  # rows 0 and 1 share a prompt
+    return prompt_ids, prompt_mask, completion_ids, completion_mask
+
+
+@pytest.mark.parametrize("completion_cols", [5, 1])
+def test_shared_pass_runs_t_columns_per_row_and_matches_the_full_forward(tiny_model_dir, completion_cols):
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+    vocab = model.config.vocab_size
+    prompt_ids, prompt_mask, completion_ids, completion_mask = _left_right_padded_batch(
+        vocab, [6, 6, 3, 8], [completion_cols, max(completion_cols - 2, 1), completion_cols, 1], 8, completion_cols)
+    widths = []
+    hook = model.model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].size(1)),
+                                                 with_kwargs=True)
+    with torch.no_grad():
+        shared = teacher_pass.shared_prefix_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        logits = teacher_pass.shared_prefix_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        hook.remove()
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        full_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 7:-1]
+    # Prefix pass (P - 1 columns), then the tail: the last prompt column and T - 1 completion tokens.
+    assert widths == [7, completion_cols, 7, completion_cols]
+    expected = torch.log_softmax(full_logits / 0.7, dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    mask = completion_mask.bool()
+    torch.testing.assert_close(shared[mask], expected[mask], rtol=0, atol=1e-5)
+    assert torch.equal(shared[~mask], torch.zeros_like(shared[~mask]))
+    torch.testing.assert_close(logits[mask], full_logits[mask], rtol=0, atol=1e-5)
+
+
+def test_shared_pass_with_empty_completions(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    add_fused_lm_head(model)
+    prompt_ids, prompt_mask, completion_ids, completion_mask = _left_right_padded_batch(
+        model.config.vocab_size, [4, 4], [0, 0], 5, 0)
+    with torch.no_grad():
+        assert teacher_pass.shared_prefix_logps(model, prompt_ids, prompt_mask, completion_ids,
+                                                completion_mask).shape == (2, 0)
+        logits = teacher_pass.shared_prefix_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    assert logits.shape == (2, 0, model.config.vocab_size)

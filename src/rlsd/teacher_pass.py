@@ -2,13 +2,15 @@
 
 The G completions of a group share one teacher prompt (question + privileged text). The plain pass re-reads it
 G times; here each distinct prompt is read once, its key/value cache is indexed out to the rows that need it,
-and only `[last prompt token ; completion]` is run per row. Shapes: B rows, P teacher-prompt columns
-(left-padded), T completion columns (right-padded), V vocabulary.
+and only `[last prompt token ; completion less its last token]` is run per row. Shapes: B rows, P teacher-prompt
+columns (left-padded), T completion columns (right-padded), V vocabulary.
 
 Exactness: the rows keep today's layout (same left padding, same columns), so every token sees the same keys at
 the same positions as in `[prompt ; completion]`. The cache holds the prompt's first P - 1 columns; the last
 prompt column is fed with the completion so the model's fused log-prob head (TRL's `fused_lm_head`) scores the
-completion exactly as the unshared pass does. With fp32 the two agree to ~1e-6.
+completion exactly as the unshared pass does. The completion's last token is not fed: its output would predict
+a token after the completion, which nothing scores (causal attention: no earlier position sees it), so each row
+runs T columns, not T + 1. With fp32 the two passes agree to ~1e-6.
 
 Where it cannot apply (`share_prefix_blocker` says why), callers run the unshared pass:
 - sharded engines (DeepSpeed ZeRO-3, FSDP): every rank must make the same forward calls, and the number of
@@ -128,9 +130,13 @@ def _new_cache_like(cache):
 
 
 def _tail_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask):
-    """`[last prompt column ; completion]` ids (B, T + 1) and the full attention mask (B, P + T)."""
-    tail_ids = torch.cat([prompt_ids[:, -1:], completion_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    """`[last prompt column ; completion without its last token]`: ids (B, T) and attention mask (B, P + T - 1).
+
+    Output t of the tail predicts completion token t; the last completion token is never an input (see the module
+    docstring), so with T >= 1 this is one column less than `[last prompt column ; completion]`.
+    """
+    tail_ids = torch.cat([prompt_ids[:, -1:], completion_ids[:, :-1]], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1)
     return tail_ids, attention_mask
 
 
@@ -168,7 +174,7 @@ def shared_prefix_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     """
     num_rows, length = completion_ids.shape
     logps = torch.zeros(num_rows, length, dtype=torch.float32, device=completion_ids.device)
-    if num_rows == 0:
+    if num_rows == 0 or length == 0:
         return logps
     first, inverse = unique_prompts(prompt_ids, prompt_mask)
     for prompts, rows in _blocks(inverse, first.numel(), batch_size or num_rows):
@@ -183,11 +189,12 @@ def shared_prefix_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
             slots = torch.tensor([slot[p] for p in inverse[chunk].tolist()], dtype=torch.long, device=chunk.device)
             tail_ids, attention_mask = _tail_inputs(prompt_ids[chunk], prompt_mask[chunk], completion_ids[chunk],
                                                     completion_mask[chunk])
-            labels = tail_ids.masked_fill(attention_mask[:, -tail_ids.size(1):] == 0, -100)
+            # Output t scores completion token t: labels already shifted, as TRL's head takes them (`shift_labels`).
+            shift_labels = completion_ids[chunk].masked_fill(completion_mask[chunk] == 0, -100)
             with autocast():
-                out = model(input_ids=tail_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
-                            **{_cache_kwarg(model): _rows_of(cache, slots)})
-            logps[chunk] = out.log_probs[:, -length:].float()
+                out = model(input_ids=tail_ids, attention_mask=attention_mask, shift_labels=shift_labels,
+                            fused_lm_head=True, **{_cache_kwarg(model): _rows_of(cache, slots)})
+            logps[chunk] = out.log_probs.float()
     return logps
 
 
@@ -200,11 +207,12 @@ def shared_prefix_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
     """
     first, inverse = unique_prompts(prompt_ids, prompt_mask)
     cache = _prompt_cache(model, prompt_ids[first, :-1], prompt_mask[first, :-1], autocast)
+    length = completion_ids.size(1)
     tail_ids, attention_mask = _tail_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     with autocast():
         logits = model(input_ids=tail_ids, attention_mask=attention_mask, logits_to_keep=tail_ids.size(1),
                        **{_cache_kwarg(model): _rows_of(cache, inverse)}).logits
-    return logits[:, :-1, :]
+    return logits[:, :length, :]  # T = 0: the tail is the last prompt column alone, which scores nothing
 
 
 __all__ = ["MULTIMODAL_KEYS", "share_prefix_blocker", "shared_prefix_logits", "shared_prefix_logps",
