@@ -48,3 +48,16 @@ def test_visual_quickstart_fast_trains_a_tiny_vlm(tmp_path):
     assert config["model_type"] == "llava"  # the warm start built a VLM with its processor
     assert (out / "warmstart" / "processor_config.json").exists()
     assert (out / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_full_quickstart_warm_start_is_a_fixed_deterministic_step_count():
+    """The full arithmetic quickstart trains exactly WARM_START_STEPS steps, deterministically, on fixed threads;
+    the time limit is only the safety cap; --fast keeps its short band-stopped warm start."""
+    from rlsd.quickstart import QUICKSTART_THREADS, WARM_START_CAP_S, WARM_START_STEPS, reproducible_warm_start
+
+    full = reproducible_warm_start("arithmetic", fast=False)
+    assert full == {"num_threads": QUICKSTART_THREADS, "deterministic": True, "time_budget_s": WARM_START_CAP_S,
+                    "fixed_steps": WARM_START_STEPS["arithmetic"]}
+    assert "fixed_steps" not in reproducible_warm_start("arithmetic", fast=True)
+    assert "fixed_steps" not in reproducible_warm_start("linear", fast=False)  # no count chosen: band-stopped
+    assert reproducible_warm_start("shapes", fast=False) == {}
