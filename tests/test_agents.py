@@ -159,6 +159,26 @@ def test_three_training_steps_with_tools_and_an_environment(tool_model_dir, tiny
     if algorithm == "rlsd":
         assert "rlsd/weight_tool_call" in logs and "rlsd/weight_reasoning" in logs
         assert logs["rlsd/sign_flips"] == 0
+    elif algorithm != "grpo":  # the teacher's per-token signal, split by kind like RLSD's weights
+        for kind in ("tool_call", "reasoning"):
+            assert logs[f"distill/divergence_{kind}"] >= 0.0, "a KL divergence per agent-token kind"
+        assert "rlsd/weight_tool_call" not in logs
+
+
+@pytest.mark.parametrize("algorithm", ["opsd", "grpo+opsd"])
+def test_sampled_token_teacher_signal_is_split_by_token_kind(tool_model_dir, tmp_path, algorithm):
+    trainer = agent_trainer(tool_model_dir, tmp_path, tools=(calc,), environment=Shop, use_calc=True, max_steps=2,
+                            max_completion_length=200, per_device_train_batch_size=4, num_generations=4,
+                            algorithm=algorithm, distill_divergence="sampled_token")
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "distill/sampled_advantage" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        call, reason = entry["distill/sampled_advantage_tool_call"], entry["distill/sampled_advantage_reasoning"]
+        fractions = entry["agent/tool_call_token_frac"] / (1 - entry["agent/tool_output_frac"])  # of agent tokens
+        # Both kinds together are the overall mean, weighted by their token counts.
+        assert fractions * call + (1 - fractions) * reason == pytest.approx(entry["distill/sampled_advantage"],
+                                                                            rel=1e-3, abs=1e-5)
 
 
 def test_a_raising_tool_costs_only_its_sample_and_is_counted(tool_model_dir, tmp_path):
@@ -189,6 +209,11 @@ def test_tool_call_tokens_and_turns_are_found_from_the_tool_mask():
     parts = agents.weight_split(token_adv, torch.tensor([2.0]), tool_mask * completion_mask, kind)
     assert parts["tool_call_sum"] / parts["tool_call_count"] == pytest.approx((1.5 + 1.5 + 0.5) / 3)
     assert parts["reasoning_sum"] / parts["reasoning_count"] == pytest.approx(1.0)
+    # Any per-token signal: tool-result tokens and padding never count, even when they hold a value (or inf).
+    signal = torch.tensor([[1.0, 3.0, 4.0, 4.0, 4.0, float("inf"), 9.0, 5.0, 7.0, -9.0]])
+    parts = agents.kind_split(signal, tool_mask * completion_mask, kind)
+    assert parts["tool_call_sum"] / parts["tool_call_count"] == pytest.approx(4.0)
+    assert parts["reasoning_sum"] / parts["reasoning_count"] == pytest.approx((1.0 + 3.0 + 5.0 + 7.0) / 4)
 
 
 def test_tools_and_environments_load_by_path_with_one_line_errors(tmp_path):

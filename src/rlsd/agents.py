@@ -80,6 +80,21 @@ def tool_call_token_mask(completion_ids: torch.Tensor, tool_mask: torch.Tensor, 
     return out.to(completion_ids.device)
 
 
+def kind_split(values: torch.Tensor, agent_mask: torch.Tensor, tool_call_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums and counts of a per-token signal on tool-call vs other agent tokens (reasoning, answer text).
+
+    values, agent_mask, tool_call_mask: (B, T). Tokens outside `agent_mask` (tool results, padding) are never
+    counted, whatever `values` holds there. Returns 0-d tensors: tool_call_sum, tool_call_count, reasoning_sum,
+    reasoning_count.
+    """
+    agent = agent_mask.bool()
+    call = agent & tool_call_mask.bool()
+    reason = agent & ~tool_call_mask.bool()
+    values = values.detach().float()
+    return {"tool_call_sum": torch.where(call, values, 0.0).sum(), "tool_call_count": call.sum().float(),
+            "reasoning_sum": torch.where(reason, values, 0.0).sum(), "reasoning_count": reason.sum().float()}
+
+
 def weight_split(token_advantages: torch.Tensor, sequence_advantages: torch.Tensor, agent_mask: torch.Tensor,
                  tool_call_mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Sums and counts of RLSD's token weight `w_t = A_t / A` on tool-call vs other agent tokens.
@@ -91,10 +106,7 @@ def weight_split(token_advantages: torch.Tensor, sequence_advantages: torch.Tens
     seq = sequence_advantages.reshape(-1, 1)
     acting = agent_mask.bool() & (seq != 0)
     weight = torch.where(acting, token_advantages / torch.where(seq != 0, seq, torch.ones_like(seq)), 0.0)
-    call = acting & tool_call_mask.bool()
-    reason = acting & ~tool_call_mask.bool()
-    return {"tool_call_sum": (weight * call).sum(), "tool_call_count": call.sum().float(),
-            "reasoning_sum": (weight * reason).sum(), "reasoning_count": reason.sum().float()}
+    return kind_split(weight, acting, tool_call_mask)
 
 
 # ---- trainer glue ---------------------------------------------------------------------------------------------------
@@ -185,15 +197,27 @@ def log_weight_split(trainer, inputs: dict[str, Any], token_advantages: torch.Te
     kind = inputs.get("tool_call_mask")
     if kind is None:
         return
-    parts = weight_split(token_advantages, inputs["sequence_advantages"], agent_mask, kind)
+    _log_split(trainer, weight_split(token_advantages, inputs["sequence_advantages"], agent_mask, kind), "rlsd/weight")
+
+
+def log_kind_split(trainer, inputs: dict[str, Any], values: torch.Tensor, agent_mask: torch.Tensor, name: str) -> None:
+    """`{name}_tool_call` and `{name}_reasoning`: the mean of a per-token teacher signal (a distillation
+    divergence, a teacher-minus-student log-prob) per kind of agent token, over all processes; agent runs only."""
+    kind = inputs.get("tool_call_mask")
+    if kind is None:
+        return
+    _log_split(trainer, kind_split(values, agent_mask, kind), name)
+
+
+def _log_split(trainer, parts: dict[str, torch.Tensor], name: str) -> None:
     local = torch.stack([parts["tool_call_sum"], parts["tool_call_count"], parts["reasoning_sum"],
                          parts["reasoning_count"]]).float().to(trainer.accelerator.device)
     call_sum, call_count, reason_sum, reason_count = trainer.accelerator.reduce(local, "sum").tolist()
     metrics = trainer._metrics["train" if trainer.model.training else "eval"]
     if call_count:
-        metrics["rlsd/weight_tool_call"].append(call_sum / call_count)
+        metrics[f"{name}_tool_call"].append(call_sum / call_count)
     if reason_count:
-        metrics["rlsd/weight_reasoning"].append(reason_sum / reason_count)
+        metrics[f"{name}_reasoning"].append(reason_sum / reason_count)
 
 
 def _log(trainer, name: str, value: torch.Tensor) -> None:
@@ -256,5 +280,5 @@ def _import(spec: str, what: str):
 
 
 __all__ = ["PRIVILEGED_HOOK", "TOOL_CALL_MARKERS", "agent_turn_counts", "annotate_rollouts", "check_environment",
-           "check_tool", "load_environment", "load_tools", "log_weight_split", "teacher_rows",
-           "tool_call_token_mask", "weight_split"]
+           "check_tool", "kind_split", "load_environment", "load_tools", "log_kind_split", "log_weight_split",
+           "teacher_rows", "tool_call_token_mask", "weight_split"]

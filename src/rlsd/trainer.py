@@ -243,6 +243,7 @@ class RLSDTrainer(GRPOTrainer):
         if self.args.algorithm in ("opsd", "opd"):
             token_adv = credit.sampled_token_advantages(teacher_logps, old_logps, mask)
             self._log_mean("distill/sampled_advantage", credit.masked_mean(token_adv, mask))
+            agents.log_kind_split(self, inputs, token_adv, mask, "distill/sampled_advantage")
             self._record_credit(inputs, {"teacher_minus_student": token_adv}, color="teacher_minus_student")
             return token_adv
         lam = self.current_lambda
@@ -288,6 +289,7 @@ class RLSDTrainer(GRPOTrainer):
             jsd_beta=self.args.distill_jsd_beta, token_clip=self.args.opsd_token_clip, top_k=self.args.distill_top_k)
         loss = credit.masked_mean(per_token, mask)
         self._log_mean("distill/divergence", loss.detach())
+        agents.log_kind_split(self, inputs, per_token, mask, "distill/divergence")
         self._record_credit(inputs, {"divergence": per_token}, color="divergence")
         mode = "train" if self.model.training else "eval"
         return loss / (self.current_gradient_accumulation_steps if mode == "train" else 1.0)

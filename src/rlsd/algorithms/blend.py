@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .. import credit
+from .. import agents, credit
 from . import contrast, loss_weights
 
 
@@ -30,6 +30,7 @@ def token_advantages(trainer, inputs: dict[str, Any], old_logps: torch.Tensor) -
                                                 policy_weight, distill_weight)
     acting = mask * rows.unsqueeze(1).to(mask.dtype)
     trainer._log_mean("distill/sampled_advantage", credit.masked_mean(teacher_logps - baseline, acting))
+    agents.log_kind_split(trainer, inputs, teacher_logps - baseline, acting, "distill/sampled_advantage")
     trainer._record_credit(inputs, lambda: {"teacher_minus_student": (teacher_logps - baseline) * acting,
                                             "token_advantage": token_adv}, color="teacher_minus_student")
     return token_adv
