@@ -90,8 +90,9 @@ def budget(task: str, fast: bool) -> dict:
 def reproducible_warm_start(task: str, fast: bool) -> dict:
     """`warm_start` settings that make the quickstart's checkpoint reproducible (text tasks; image tasks as before).
 
-    Deterministic kernels, `QUICKSTART_THREADS` torch threads; the time limit only a safety cap (`--fast`, a
-    pipeline check, keeps its 40 s budget); a fixed step count where one was chosen for `task`.
+    Deterministic kernels, `QUICKSTART_THREADS` torch threads (`AGENT_THREADS` for an agent task); the time limit
+    only a safety cap (`--fast`, a pipeline check, keeps its 40 s budget); a fixed step count where one was chosen
+    for `task`.
     """
     from .tasks import get_task
 
