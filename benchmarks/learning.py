@@ -146,6 +146,10 @@ def parse_args(argv):
     parser.add_argument("--student-eval-every", type=int, default=100,
                         help="warm start evaluates every N SFT steps (chain's accuracy can jump 0.07 -> 0.6 in 100)")
     parser.add_argument("--band", default="0.3,0.5", help="warm-start target band of held-out accuracy")
+    parser.add_argument("--reproducible-warm-start", action="store_true",
+                        help="warm starts with deterministic torch kernels on --warm-start-threads threads: the same "
+                             "command on the same kind of CPU gives the same checkpoint whatever the load (--full)")
+    parser.add_argument("--warm-start-threads", type=int, default=1, help="torch threads of a reproducible warm start")
     parser.add_argument("--ablation", action="store_true", help="RLSD variants instead of algorithms (first task)")
     parser.add_argument("--quick", action="store_true", help="smoke: arithmetic, 4 variants, 1 seed, 3 steps")
     parser.add_argument("--full", action="store_true", help="issue 15's full design (FULL in this file)")
@@ -161,6 +165,7 @@ def parse_args(argv):
         args.student_budget_s = max(args.student_budget_s, 1800.0)
         args.student_max_steps = max(args.student_max_steps, 6000)  # 8-step chains need more SFT than arithmetic
         args.student_eval_every = min(args.student_eval_every, 25)  # do not jump over the band
+        args.reproducible_warm_start = True
         args.out = args.out if args.out != "benchmarks/results/learning" else FULL["out"]
     if args.quick:
         args.tasks, args.algorithms, args.seeds, args.steps = "arithmetic", "grpo,rlsd,sdpo,grpo+opsd", "0", 3
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     records, sections, summaries, panels = [], [], {}, {}
+    # Deterministic training and evaluations: the warm start enters the band at the same step on any load.
+    reproducible = (dict(deterministic=True, num_threads=args.warm_start_threads)
+                    if args.reproducible_warm_start else {})
     for task, names in args.plan.items():
         variants = variants_from(names, args.ablation)
         if args.teacher_contrast != "none":
@@ -208,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                                  **({"time_budget_s": 30.0, "max_steps": 200, "num_eval_rows": 32} if args.quick
                                     else {"target_accuracy": band, "time_budget_s": args.student_budget_s,
                                           "max_steps": args.student_max_steps, "eval_every": args.student_eval_every,
-                                          "privileged_fraction": args.privileged_fraction}))
+                                          "privileged_fraction": args.privileged_fraction,
+                                          **reproducible}))
             with_reference = self_teacher_accuracy(task, student.output_dir, num_rows=32 if args.quick else 100)
             warm_starts.append({"name": ws_name, "accuracy": student.accuracy, "in_band": student.in_band,
                                 "steps": student.steps, "with_reference": with_reference,

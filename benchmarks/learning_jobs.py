@@ -36,7 +36,9 @@ def child_args(args, task: str, variants: str, seeds: str, warm_starts: str) -> 
             "--privileged-fraction", str(args.privileged_fraction), "--student-budget-s", str(args.student_budget_s),
             "--student-max-steps", str(args.student_max_steps),
             "--student-eval-every", str(args.student_eval_every), "--band", args.band,
-            "--teacher-contrast", args.teacher_contrast, "--out", str(args.out)]
+            "--teacher-contrast", args.teacher_contrast, "--out", str(args.out),
+            *(["--reproducible-warm-start", "--warm-start-threads", str(args.warm_start_threads)]
+              if args.reproducible_warm_start else [])]
 
 
 class Pool:

@@ -60,3 +60,19 @@ def test_full_design_is_one_command_and_variants_resolve():
     assert variants["grpo+opsd"] == ("grpo+opsd", {})
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
         learning.variants_from("grpo,ppo", ablation=False)
+
+
+def test_parallel_jobs_keep_every_warm_start_setting():
+    """learning_jobs.py hands each job the parent's warm-start settings (eval interval, reproducible mode):
+    a dropped flag would give each job a different warm start than the one asked for."""
+    import learning
+    import learning_jobs
+
+    args = learning.parse_args(["--full", "--warm-start-threads", "2"])
+    assert args.reproducible_warm_start
+    child = learning.parse_args(learning_jobs.child_args(args, "chain", "rlsd", "0", "1"))
+    for field in ("student_eval_every", "student_budget_s", "student_max_steps", "band", "eval_size",
+                  "privileged_fraction", "reproducible_warm_start", "warm_start_threads", "steps"):
+        assert getattr(child, field) == getattr(args, field), field
+    plain = learning.parse_args(learning_jobs.child_args(learning.parse_args([]), "arithmetic", "grpo", "0", "0"))
+    assert not plain.reproducible_warm_start
