@@ -23,9 +23,10 @@ WARM_START_PRIVILEGED_FRACTION = 0.5
 # (chosen beforehand to land in the band) and evaluates once, which saves the periodic evaluations. arithmetic:
 # the band-stopped run (evaluating every 100 steps) first entered the 0.30-0.50 band at step 800, with 0.40.
 WARM_START_STEPS: dict[str, int] = {"arithmetic": 800}
-# A safety cap only: about 4x the 800 steps' quiet time on 2 cores, so a busy machine still finishes the same
+# A safety cap only: about 10x the 800 steps' quiet time on 2 cores (beside one other torch job, a two-thread
+# deterministic run was measured at ~5x its quiet step time), so a busy machine still finishes the same
 # checkpoint (stopping early would give a different one anyway) while a stuck run still ends.
-WARM_START_CAP_S = 3600.0
+WARM_START_CAP_S = 7200.0
 # Two threads, not one: with one thread the warm start ran ~1.7 s/step on a quiet 2-core machine and two runs
 # both hit the 1200 s cap at steps 680/690 with 0.21 held-out accuracy, below the band (issue 14's session).
 QUICKSTART_THREADS = 2
