@@ -198,12 +198,17 @@ def _greedy(model, tokenizer, sequences: list[list[int]], max_new_tokens: int) -
     return continuations
 
 
-def environment_tools(environment) -> list[Callable]:
-    """The environment's methods TRL exposes as tools: public functions except `reset` and `get_reward`."""
+def environment_tool_names(environment_class: type) -> list[str]:
+    """The methods TRL exposes as tools: public functions of the class except `reset` and `get_reward`."""
     import inspect
 
-    return [getattr(environment, name) for name, _ in inspect.getmembers(type(environment), inspect.isfunction)
+    return [name for name, _ in inspect.getmembers(environment_class, inspect.isfunction)
             if name not in ("reset", "get_reward") and not name.startswith("_")]
+
+
+def environment_tools(environment) -> list[Callable]:
+    """An environment instance's tools (`environment_tool_names`), bound to it."""
+    return [getattr(environment, name) for name in environment_tool_names(type(environment))]
 
 
 def _reset(environment, row: dict, prompt: list[dict]) -> list[dict]:

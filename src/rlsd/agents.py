@@ -263,10 +263,11 @@ def load_environment(spec: str | None):
     if inspect.isclass(factory):
         if not inspect.isfunction(getattr(factory, "reset", None)):
             raise ValueError(f"{where}: {factory.__name__} has no reset() method (TRL calls it before each rollout)")
+        from .agent_rollout import environment_tool_names
+
         check_environment(factory)
-        for name, method in inspect.getmembers(factory, predicate=inspect.isfunction):
-            if name not in ("reset", "get_reward") and not name.startswith("_"):
-                check_tool(method.__get__(object()), f"{where}: method {name}")  # bound: no `self` in the schema
+        for name in environment_tool_names(factory):  # bound: no `self` in the schema
+            check_tool(getattr(factory, name).__get__(object()), f"{where}: method {name}")
     return factory
 
 
