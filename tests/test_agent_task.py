@@ -191,14 +191,14 @@ def test_shipped_agent_config_and_examples_build_a_trainer(tool_model_dir, tmp_p
 
 
 def test_full_agent_quickstart_warm_start_is_deterministic_on_one_thread_and_text_tasks_keep_their_sizes():
-    from rlsd.quickstart import AGENT_THREADS, QUICKSTART_THREADS, _agent_fast, reproducible_warm_start
+    from rlsd.quickstart import AGENT_THREADS, QUICKSTART_THREADS, _agent_sizes, reproducible_warm_start
 
     full = reproducible_warm_start("shop", fast=False)
     assert full["num_threads"] == AGENT_THREADS == 1 and full["deterministic"] is True
     assert "fixed_steps" not in full  # band-stopped: it entered the 0.20-0.50 band at step 350 (benchmarks/RESULTS.md)
-    sizes = _agent_fast("shop", fast=False)
+    sizes = _agent_sizes("shop", fast=False)
     assert sizes["warm_start"]["target_accuracy"] == (0.2, 0.5) and sizes["warm_start"]["hidden_size"] == 64
     assert (sizes["batch"], sizes["generations"], sizes["eval_rows"]) == (32, 8, 50)
-    assert _agent_fast("shop", fast=True)["warm_start"]["max_steps"] == 60
-    assert _agent_fast("arithmetic", fast=False) is None and _agent_fast("arithmetic", fast=True) is None
+    assert _agent_sizes("shop", fast=True)["warm_start"]["max_steps"] == 60
+    assert _agent_sizes("arithmetic", fast=False) is None and _agent_sizes("arithmetic", fast=True) is None
     assert reproducible_warm_start("arithmetic", fast=False)["num_threads"] == QUICKSTART_THREADS

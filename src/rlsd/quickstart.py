@@ -58,7 +58,7 @@ AGENT_WARM_START = dict(hidden_size=64, batch_size=16, learning_rate=3e-3, num_t
                         max_steps=1500, target_accuracy=(0.2, 0.5))
 
 
-def _agent_fast(task: str, fast: bool) -> dict | None:
+def _agent_sizes(task: str, fast: bool) -> dict | None:
     """Sizes for an agent task (None for other tasks). An episode is ~4x an arithmetic solution (turns + tool
     results, a token per character): `--fast` uses few rows, small batches and a short warm start to stay near a
     minute; the full run 4 prompts x 8 rollouts per RL step (~3 s/step on the loaded machine) and 50 held-out
@@ -75,17 +75,20 @@ def _agent_fast(task: str, fast: bool) -> dict | None:
 
 
 def budget(task: str, fast: bool) -> dict:
-    """Sizes of the run: text tasks, or an image task's tiny VLM (its image tokens make every step dearer)."""
+    """Sizes of the run: text tasks, an image task's tiny VLM (its image tokens make every step dearer), or an
+    agent task (`_agent_sizes`: its eval rows, prompts and rollouts per step, and `warm_start` overrides)."""
     from .tasks import get_task
 
     if get_task(task).modality == "image":
-        return dict(steps=3 if fast else 30, warm_budget_s=10.0 if fast else 300.0,
-                    warm_max_steps=30 if fast else 1500, warm_train_rows=256 if fast else 3000,
-                    warm_eval_every=1000 if fast else 30, eval_rows=8 if fast else 50, batch=16 if fast else 32,
-                    train_rows=64 if fast else 2000)
-    return dict(steps=6 if fast else 100, warm_budget_s=40.0 if fast else 450.0, warm_max_steps=300 if fast else 2000,
-                warm_train_rows=3000, warm_eval_every=100, eval_rows=48 if fast else 100, batch=32 if fast else 64,
-                train_rows=2000)
+        sizes = dict(steps=3 if fast else 30, warm_budget_s=10.0 if fast else 300.0,
+                     warm_max_steps=30 if fast else 1500, warm_train_rows=256 if fast else 3000,
+                     warm_eval_every=1000 if fast else 30, eval_rows=8 if fast else 50, batch=16 if fast else 32,
+                     train_rows=64 if fast else 2000)
+    else:
+        sizes = dict(steps=6 if fast else 100, warm_budget_s=40.0 if fast else 450.0,
+                     warm_max_steps=300 if fast else 2000, warm_train_rows=3000, warm_eval_every=100,
+                     eval_rows=48 if fast else 100, batch=32 if fast else 64, train_rows=2000)
+    return {**sizes, "generations": 8, "warm_start": {}, **(_agent_sizes(task, fast) or {})}
 
 
 def reproducible_warm_start(task: str, fast: bool) -> dict:
@@ -114,22 +117,19 @@ def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: 
     from .tasks import get_task
 
     sizes = budget(task, fast)
-    agent = _agent_fast(task, fast)
     return {
         "model": model_dir,
         "task": task,
         "task_train_size": sizes["train_rows"],
-        "task_eval_size": agent["eval_rows"] if agent else sizes["eval_rows"],
+        "task_eval_size": sizes["eval_rows"],
         "eval_every": max(steps // (3 if fast else 5), 1),
         "samples_every": max(steps // 4, 1),
         "training": {
             "algorithm": algorithm,
             "max_steps": steps,
-            "per_device_train_batch_size": sizes["batch"],  # 2, 4 or 8 prompts x 8 completions per step
-            "num_generations": 8,
+            "per_device_train_batch_size": sizes["batch"],  # completions per step: batch / generations prompts
+            "num_generations": sizes["generations"],
             "max_completion_length": get_task(task).completion_tokens or 48,
-            **({"per_device_train_batch_size": agent["batch"], "num_generations": agent["generations"]}
-               if agent else {}),
             "temperature": 1.0,
             "learning_rate": 7e-5,  # higher rates (2e-4, 5e-4) made both algorithms lose accuracy on this model
             "lr_scheduler_type": "constant",
@@ -156,14 +156,13 @@ def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int
     sizes = budget(task, fast)
     steps = steps or sizes["steps"]
     started = time.perf_counter()
-    agent = _agent_fast(task, fast)
-    eval_rows = agent["eval_rows"] if agent else sizes["eval_rows"]
+    eval_rows = sizes["eval_rows"]
     reproducible = reproducible_warm_start(task, fast)
     warm = warm_start(task, out / "warmstart", seed=seed, **{
         "time_budget_s": sizes["warm_budget_s"], "max_steps": sizes["warm_max_steps"], "num_eval_rows": eval_rows,
         "num_train_rows": sizes["warm_train_rows"], "eval_every": sizes["warm_eval_every"],
         "target_accuracy": (0.2, 0.5) if fast else (0.3, 0.5), "privileged_fraction": WARM_START_PRIVILEGED_FRACTION,
-        **(agent["warm_start"] if agent else {}), **reproducible})
+        **sizes["warm_start"], **reproducible})
     threads = reproducible.get("num_threads")
     with _torch_threads(threads):
         with_reference = self_teacher_accuracy(task, str(out / "warmstart"), num_rows=eval_rows)
