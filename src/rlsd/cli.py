@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "teacher_contrast=wrong_reference to X (e.g. rlsd+contrast)")
 
     evaluate = commands.add_parser("eval", help="accuracy, pass@k and maj@k of a model on a held-out set")
-    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--model", required=True, help="hub id, model directory or run directory (LoRA: adapter only)")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="JSONL/JSON/CSV/Parquet file or saved dataset directory")
     source.add_argument("--task", help="a built-in task's held-out split")
@@ -223,7 +223,8 @@ def cmd_export(args) -> int:
     from .export import export
 
     out = export(args.run_dir, args.out, merge_lora=args.merge_lora, dtype=args.dtype)
-    print(f"rlsd export: wrote {out} (load it with AutoModelForCausalLM.from_pretrained)")
+    print(f"rlsd export: wrote {out} (load it with from_pretrained: AutoModelForCausalLM, or "
+          f"AutoModelForImageTextToText for a vision-language model)")
     return 0
 
 

@@ -78,14 +78,13 @@ def _score(reward_fn: RewardFn, rows: list[dict], texts: list[str], prompt_colum
 
 
 def load_model(path: str) -> tuple[Any, Any]:
-    """(model, tokenizer) of a causal LM, or (model, processor) of a vision-language model, from `path`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) of a causal LM, or (model, processor) of a vision-language model, from `path`.
 
-    if getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    `path` may be a full model or an adapter-only (LoRA) run directory: the adapter is merged into its base.
+    """
+    from .pretrained import load_pretrained
 
-        return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    return load_pretrained(path)
 
 
 def _text_tokenizer(tokenizer: Any) -> Any:

@@ -16,9 +16,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .pretrained import ADAPTER_CONFIG, adapter_base, load_model, load_processor
+
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "fp32": "float32", "float32": "float32"}
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def find_model_dir(run_dir: str | os.PathLike) -> Path:
@@ -37,42 +38,14 @@ def find_model_dir(run_dir: str | os.PathLike) -> Path:
     return checkpoints[-1]
 
 
-def _load_processor(model_dir: Path, base: str | None):
-    """The processor for multimodal models, else the tokenizer; from the run (it saved its own), else the base."""
-    from transformers import AutoProcessor, AutoTokenizer
-
-    for source in (str(model_dir), base):
-        if source is None:
-            continue
-        if (Path(source) / "preprocessor_config.json").is_file() or (Path(source) / "processor_config.json").is_file():
-            try:
-                return AutoProcessor.from_pretrained(source)
-            except (OSError, ValueError):
-                pass
-        try:
-            return AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError):
-            continue
-    raise FileNotFoundError(f"{model_dir}: no tokenizer saved with the model or its base {base!r}")
-
-
 def _load_model(model_dir: Path, merge_lora: bool, dtype):
-    from transformers import AutoModelForCausalLM
-
-    adapter = model_dir / ADAPTER_CONFIG
-    if not adapter.is_file():
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or "auto"), None
-    base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+    base = adapter_base(model_dir)
+    if base is None:
+        return load_model(model_dir, dtype=dtype or "auto"), None
     if not merge_lora:
         raise ValueError(f"{model_dir} holds a LoRA adapter over {base!r}: pass --merge-lora to fold it into the "
                          f"base weights (a plain model needs no peft to load)")
-    from peft import PeftModel
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or "auto")
-    except OSError as err:
-        raise FileNotFoundError(f"{adapter}: cannot load the base model {base!r}: {str(err).splitlines()[0]}") from None
-    return PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload(), base
+    return load_model(model_dir, dtype=dtype or "auto"), base
 
 
 def _run_facts(run_dir: Path) -> dict[str, Any]:
@@ -129,7 +102,7 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, merge_lora: bool 
     model, base = _load_model(model_dir, merge_lora, torch_dtype)
     if torch_dtype is not None:
         model = model.to(torch_dtype)
-    processor = _load_processor(model_dir, base)
+    processor = load_processor(model_dir, base, vlm=getattr(model.config, "vision_config", None) is not None)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)

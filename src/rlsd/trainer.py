@@ -20,12 +20,12 @@ import time
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
-from . import agents, credit, credit_records, multimodal, teacher, teacher_pass, trackers
+from . import agents, credit, credit_records, multimodal, pretrained, teacher, teacher_pass, trackers
 from .algorithms import BLENDED_ALGORITHMS, blend, contrast, sdpo
 from .config import RLSDConfig
 from .rewards import pop_reward_errors
@@ -52,8 +52,14 @@ class RLSDTrainer(GRPOTrainer):
             if not agents.privileged_from_environment(kwargs.get("environment_factory")):  # else checked per batch
                 _check_privileged_columns(args, dataset, name)
             multimodal.check_supported(args, dataset, name)
-        super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        base = pretrained.adapter_base(model) if isinstance(model, str) else None
+        if base is not None and processing_class is None:  # a LoRA run directory: its own tokenizer/processor
+            processing_class = pretrained.load_processor(model, base, vlm=pretrained.is_vlm(model))
+            tokenizer = getattr(processing_class, "tokenizer", processing_class)
+            tokenizer.padding_side = tokenizer.truncation_side = "left"  # as TRL loads it
+        with pretrained.trl_loads_adapter_runs():  # the policy (and reference) from a LoRA run: its merged weights
+            super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         trackers.use_plain_metric_names(self)  # trackio/W&B get the metric names of metrics.jsonl
 
         self._pending_token_advantages: dict[str, Any] | None = None
@@ -418,8 +424,7 @@ class RLSDTrainer(GRPOTrainer):
                     f"RLSDConfig.teacher_model: {teacher_model!r} uses another vocabulary than the student "
                     f"({len(teacher_tokenizer)} vs {len(self._tokenizer)} tokens); OPD needs the same tokenizer")
             student = self.accelerator.unwrap_model(self.model)
-            auto_class = AutoModelForImageTextToText if self._is_vlm else AutoModelForCausalLM
-            teacher_model = auto_class.from_pretrained(teacher_model, dtype=student.dtype)
+            teacher_model = pretrained.load_model(teacher_model, dtype=student.dtype)  # full or a LoRA run
         if teacher_model.config.get_text_config().vocab_size < len(student_vocab):
             raise ValueError(
                 f"RLSDConfig.teacher_model: the teacher's vocabulary ({teacher_model.config.get_text_config().vocab_size}"
