@@ -13,7 +13,8 @@ lazily decoded `datasets.Image`s, only when rows carry images), plus every
 other original column (rewards may need them, e.g. `tests`). The source
 columns that were mapped onto these are not repeated.
 
-Modules: `readers` (files -> Arrow columns), `jsonl` (JSONL in chunks),
+Modules: `readers` (files -> Arrow columns), `jsonl` (JSONL in chunks), `source` (the
+columns read from one source, shared row-level parsing),
 `columns` (mapping and per-column checks), `images` (image rows), `problems`
 (errors and the report).
 """
@@ -34,7 +35,8 @@ import pyarrow as pa
 from . import columns as C
 from .images import ImageRows, check_images
 from .problems import FORMATS, SKIP_HINT, DatasetError, DatasetReport, DatasetWarning, Problem, fail, summary
-from .readers import Source, read_dataset, read_file
+from .readers import read_dataset, read_file
+from .source import Source
 
 __all__ = ["DatasetError", "DatasetReport", "DatasetWarning", "Problem", "load_dataset"]
 

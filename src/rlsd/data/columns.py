@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .problems import DatasetError, fail
-from .readers import Source
+from .source import Source
 
 PROMPT_NAMES = ("prompt", "problem", "question", "input")
 ANSWER_NAMES = ("answer", "final_answer", "target", "label")

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from .columns import Issue, is_arrow, to_list
 from .problems import fail
-from .readers import Source
+from .source import Source
 
 IMAGE_NAMES = ("images", "image")
 URL_HINT = "pass allow_image_urls=True (CLI: --allow-image-urls) to download images"

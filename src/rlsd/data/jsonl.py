@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from .problems import Problem, fail
-from .readers import Source, _decompress_error, _jsonl, _utf8_problem
+from .source import Source, decompress_error, jsonl_rows, utf8_problem
 
 CHUNK = 8 << 20
 MAX_OPEN_BRACKETS = 1000  # per line; deeper JSON goes to the Python parser (pyarrow crashes near 10k levels)
@@ -39,10 +39,10 @@ def _chunks(path: Path, label: str, opener) -> Iterator[bytes]:
                     yield buf[:cut]
                 carry = buf[cut:]
     except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
-        raise _decompress_error(label, path.suffix, exc) from None
+        raise decompress_error(label, path.suffix, exc) from None
     except OSError as exc:
         if opener is not None and exc.errno is None:  # bz2/gzip raise a bare OSError for bad data
-            raise _decompress_error(label, path.suffix, exc) from None
+            raise decompress_error(label, path.suffix, exc) from None
         raise fail(label, f"cannot read: {exc.strerror or exc}") from None
     if carry:
         yield carry
@@ -115,9 +115,9 @@ def _python_chunk(buf: bytes, first_line: int, label: str) -> tuple[dict[str, An
     lines = [(n, line) for n, line in enumerate(text.split("\n"), start=first_line) if line.strip()]
     items = None if bad_bytes else _all_objects(text, lines)
     if items is None:
-        items = _jsonl(text, label, first_line)
+        items = jsonl_rows(text, label, first_line)
     if bad_bytes:
-        items = [(n, (_utf8_problem(r, label, n) or r) if isinstance(r, dict) else r) for n, r in items]
+        items = [(n, (utf8_problem(r, label, n) or r) if isinstance(r, dict) else r) for n, r in items]
     rows = [(n, r) for n, r in items if isinstance(r, dict)]
     keys = list(dict.fromkeys(k for _, r in rows for k in r))
     columns = {str(k): _arrow_if_typed([r.get(k) for _, r in rows]) for k in keys}

@@ -17,7 +17,6 @@ import io
 import json
 import lzma
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,91 +24,12 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from .jsonl import read_jsonl
 from .problems import FORMATS, Problem, fail
+from .source import Source, decompress_error, from_rows, from_table, jsonl_rows, utf8_problem
 
 COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 TEXT_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
-
-
-@dataclass
-class Source:
-    """Rows read from one source, column by column.
-
-    `columns` holds the rows that parsed: an Arrow array when the column has one type, a Python list when
-    its values mix types (they are checked one by one). `problems` are the rows that did not parse at all.
-    """
-
-    label: str
-    columns: dict[str, Any]
-    size: int
-    problems: list[Problem] = field(default_factory=list)
-    numbers: np.ndarray | None = None  # row number (as the user counts) of each parsed row; None: 1..size
-    base_dir: Path | None = None  # relative image paths start here
-    features: dict[str, Any] = field(default_factory=dict)  # `datasets` features of Arrow columns, when known
-
-    @property
-    def total(self) -> int:
-        return self.size + len(self.problems)
-
-    def number(self, index: int) -> int:
-        return int(self.numbers[index]) if self.numbers is not None else index + 1
-
-
-def from_table(table: pa.Table, label: str, features: datasets.Features | None = None, **kw) -> Source:
-    names = list(dict.fromkeys(table.column_names))
-    features = dict(features or {})
-    return Source(label, {n: table.column(n) for n in names}, table.num_rows, features=features, **kw)
-
-
-def from_rows(items: list[tuple[int, dict | Problem]], label: str, base_dir: Path | None) -> Source:
-    """Rows parsed in Python: (row number, row or problem) -> columns of Python values."""
-    rows = [(n, r) for n, r in items if isinstance(r, dict)]
-    keys = list(dict.fromkeys(k for _, r in rows for k in r))
-    columns = {str(k): [r.get(k) for _, r in rows] for k in keys}
-    problems = [r for _, r in items if isinstance(r, Problem)]
-    numbers = np.fromiter((n for n, _ in rows), dtype=np.int64, count=len(rows))
-    return Source(label, columns, len(rows), problems, numbers, base_dir)
-
-
-# ------------------------------------------------------------------------------------- python parsers
-def _bad_byte(value: Any) -> int | None:
-    """The first byte that was not UTF-8 in a decoded value (surrogateescape turns it into a surrogate)."""
-    if isinstance(value, str):
-        return next((ord(ch) - 0xDC00 for ch in value if "\udc80" <= ch <= "\udcff"), None)
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, list):
-        return next((b for b in map(_bad_byte, value) if b is not None), None)
-    return None
-
-
-def _utf8_problem(row: dict, label: str, number: int) -> Problem | None:
-    for key, value in row.items():
-        bad = _bad_byte(value)
-        if bad is not None:
-            return Problem(label, number, f"not valid UTF-8 (byte 0x{bad:02x}); re-save the file as UTF-8", str(key))
-    return None
-
-
-def _parse_json(text: str) -> tuple[Any, str | None]:
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
-    except RecursionError:
-        return None, "invalid JSON: nested too deeply"
-
-
-def _jsonl(text: str, label: str, first: int = 1) -> list[tuple[int, dict | Problem]]:
-    items: list[tuple[int, dict | Problem]] = []
-    for number, line in enumerate(text.split("\n"), start=first):
-        if not line.strip():
-            continue
-        row, why = _parse_json(line)
-        if why is None and not isinstance(row, dict):
-            why = f"expected a JSON object, got {type(row).__name__}"
-        items.append((number, Problem(label, number, why) if why else row))
-    return items
 
 
 def _json(text: str, label: str) -> list[tuple[int, dict | Problem]]:
@@ -117,7 +37,7 @@ def _json(text: str, label: str) -> list[tuple[int, dict | Problem]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line in a .json file
-            return _jsonl(text, label)
+            return jsonl_rows(text, label)
         raise fail(f"{label}:{exc.lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     except RecursionError:
         raise fail(label, "invalid JSON: nested too deeply") from None
@@ -174,18 +94,13 @@ def _python_read(path: Path, label: str, fmt: str, opener) -> Source:
     elif fmt in (".csv", ".tsv"):
         items = _csv(text, label, "\t" if fmt == ".tsv" else ",")
     else:
-        items = _jsonl(text, label)
+        items = jsonl_rows(text, label)
     if bad_bytes:
-        items = [(n, (_utf8_problem(r, label, n) or r) if isinstance(r, dict) else r) for n, r in items]
+        items = [(n, (utf8_problem(r, label, n) or r) if isinstance(r, dict) else r) for n, r in items]
     return from_rows(items, label, path.parent)
 
 
 # ------------------------------------------------------------------------------------ streams and arrow
-def _decompress_error(label: str, suffix: str, exc: BaseException) -> Exception:
-    why = str(exc) or type(exc).__name__
-    return fail(label, f"not a readable {suffix} file ({why}): it is truncated or corrupt; re-download or re-compress it")
-
-
 def _read_all(path: Path, label: str, opener) -> bytes:
     try:
         if opener is None:
@@ -193,10 +108,10 @@ def _read_all(path: Path, label: str, opener) -> bytes:
         with opener(path, "rb") as fh:
             return fh.read()
     except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
-        raise _decompress_error(label, path.suffix, exc) from None
+        raise decompress_error(label, path.suffix, exc) from None
     except OSError as exc:
         if opener is not None and exc.errno is None:  # bz2/gzip raise bare OSError for bad data
-            raise _decompress_error(label, path.suffix, exc) from None
+            raise decompress_error(label, path.suffix, exc) from None
         raise fail(label, f"cannot read: {exc.strerror or exc}") from None
 
 
@@ -275,8 +190,6 @@ def read_file(path: Path, label: str) -> Source:
         raise fail(label, f"unknown format {fmt or '(no extension)'!r}; use {FORMATS}")
     fast = None
     if fmt in (".jsonl", ".ndjson"):
-        from .jsonl import read_jsonl
-
         return read_jsonl(path, label, opener)
     if fmt in (".csv", ".tsv"):
         fast = _arrow_csv(path, label, opener, "\t" if fmt == ".tsv" else ",")
