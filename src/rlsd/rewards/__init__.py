@@ -21,7 +21,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Iterable, Mapping
 
-from .custom import RewardError, WeightedSum, combine_rewards, import_reward, load_reward
+from .custom import WeightedSum, combine_rewards, load_reward
+from .importing import RewardError, import_reward
 from .robust import RobustReward, RewardFunc, pop_reward_errors, robust
 from .sandbox import CodeReward, SandboxError, SandboxLimits, SandboxResult, run_python_tests
 from .verifiers import ChoiceReward, ExactReward, FormatReward, MathReward, NumericReward, RegexReward

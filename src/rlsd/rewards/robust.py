@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from .importing import import_reward
+
 logger = logging.getLogger("rlsd.rewards")
 
 RewardFunc = Callable[..., list]
@@ -100,8 +102,6 @@ class RobustReward:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if self.fn is None and self.spec is not None:
-            from .custom import import_reward
-
             fn = import_reward(self.spec)
             self.fn = functools.partial(fn, **self.bound) if self.bound else fn
 
