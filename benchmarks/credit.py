@@ -205,9 +205,9 @@ def summarize(results: list[dict]) -> dict:
 
 
 def plot(results: list[dict], summary: dict, out_png: Path) -> None:
-    from rlsd.report import _pyplot
+    from rlsd.plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     ax = axes[0]
     for version, colour in (("wrong", "#c0392b"), ("right", "#2a9d4b")):

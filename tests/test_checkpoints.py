@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from rlsd.callbacks import drop_records_after_step
+from rlsd.runlog import drop_records_after_step
 from rlsd.checkpoints import COMPLETE_MARKER, CheckpointNotFoundError, checkpoint_problem, find_resume_checkpoint
 
 REWARD_FILE = """

@@ -11,13 +11,14 @@ divergence or teacher-minus-student log-prob around 0). Hovering a token shows e
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-CREDIT_FILE = "credit.jsonl"  # written by `credit_records.CreditRecorder`
+from .credit_records import CREDIT_FILE, load_credit_records
+from .plotting import pyplot
+
 PAGE_FILE = "credit.html"
 PNG_FILE = "credit_group.png"
 # Diverging colours: below the neutral value (damped credit/blame) blue, above it (amplified) orange.
@@ -29,25 +30,6 @@ SIGNAL_LABELS = {
     "teacher_minus_student": "teacher - student log-prob",
     "divergence": "per-token divergence D(teacher || student)",
 }
-
-
-def load_credit_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every parsable record of `run_dir/credit.jsonl` (a path to the file works too); a torn last line is skipped."""
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / CREDIT_FILE
-    if not path.exists():
-        return []
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("completions"), list):
-                records.append(record)
-    return records
 
 
 # ---- colour scale -------------------------------------------------------------------------------------------
@@ -282,9 +264,7 @@ def plot_group(record: dict[str, Any], out_png: str | Path, scale_records: Seque
     """One group as a PNG: each completion's tokens as coloured boxes, reward and advantage on the left."""
     from matplotlib.colors import LinearSegmentedColormap, Normalize
 
-    from .report import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     name, center, half_width = colour_scale(scale_records or [record])
     label_chars, font_pt = 22, 9.0
     char_in = 0.6 * font_pt / 72  # width of one monospace character: x is measured in characters
@@ -345,5 +325,5 @@ def inspect(run_dir: str | Path, out: str | Path | None = None, step: int | None
     return {"page": page, "png": plot_group(most_informative(records), png, scale_records=records)}
 
 
-__all__ = ["CREDIT_FILE", "PAGE_FILE", "load_credit_records", "PNG_FILE", "clip_summary", "colour", "colour_scale", "inspect", "plot_group",
+__all__ = ["PAGE_FILE", "PNG_FILE", "clip_summary", "colour", "colour_scale", "inspect", "plot_group",
            "render_page", "select_records", "write_page"]

@@ -36,7 +36,9 @@ import torch
 from transformers import TrainerCallback
 
 from . import credit
-from .credit_page import CREDIT_FILE, load_credit_records  # the reader side: no torch import for `rlsd inspect`
+from .runlog import read_records, rewind_on_resume
+
+CREDIT_FILE = "credit.jsonl"
 ROW_KEY = "credit_row"  # (B,) long tensor added to the generation batch: the row's index in the recorder's table
 
 
@@ -177,8 +179,6 @@ class CreditRecorder(TrainerCallback):
 
     # -- write ------------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
-        from .callbacks import rewind_on_resume
-
         rewind_on_resume(self.path, state)  # a resumed run records its later steps again
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -200,6 +200,11 @@ class CreditRecorder(TrainerCallback):
         with self.path.open("a", encoding="utf-8") as handle:
             for record in groups.values():
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def load_credit_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every parsable record of `run_dir/credit.jsonl` (a path to the file works too); a torn last line is skipped."""
+    return [r for r in read_records(run_dir, CREDIT_FILE) if isinstance(r.get("completions"), list)]
 
 
 __all__ = ["CREDIT_FILE", "CreditRecorder", "load_credit_records", "rlsd_signals", "token_pieces"]

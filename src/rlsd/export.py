@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .pretrained import ADAPTER_CONFIG, adapter_base, load_model, load_processor
+from .report import load_saved_config, summarize_run
 
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "fp32": "float32", "float32": "float32"}
@@ -49,9 +50,7 @@ def _load_model(model_dir: Path, merge_lora: bool, dtype):
 
 
 def _run_facts(run_dir: Path) -> dict[str, Any]:
-    from .report import load_run_config, summarize_run
-
-    config = load_run_config(run_dir)
+    config = load_saved_config(run_dir)
     summary = summarize_run(run_dir)
     training = config.get("training") if isinstance(config.get("training"), dict) else config
     return {"algorithm": summary.get("algorithm"), "base": config.get("model"), "task": config.get("task"),

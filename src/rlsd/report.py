@@ -16,6 +16,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .credit_page import write_page
+from .credit_records import CREDIT_FILE
+from .plotting import pyplot
+from .runlog import read_records
+
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILES = ("run_config.json", "config.yaml", "config.yml")
 
@@ -45,27 +50,10 @@ def load_metrics(run_dir: PathLike) -> list[dict[str, Any]]:
     Unparsable lines (a run killed mid-write) and non-object lines are skipped, not fatal: a report of a
     crashed run is exactly when one is needed.
     """
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / METRICS_FILE
-    if not path.exists():
-        return []
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
+    return read_records(run_dir, METRICS_FILE)
 
 
-def load_run_config(run_dir: PathLike) -> dict[str, Any]:
+def load_saved_config(run_dir: PathLike) -> dict[str, Any]:
     """The run's saved config (`run_config.json`, else `config.yaml`), or {} when there is none or it is unreadable."""
     for name in CONFIG_FILES:
         path = Path(run_dir) / name
@@ -88,7 +76,7 @@ def load_run_config(run_dir: PathLike) -> dict[str, Any]:
 
 def run_algorithm(run_dir: PathLike) -> str | None:
     """`algorithm` from the run's config, looking one level into nested sections (e.g. `training:`)."""
-    config = load_run_config(run_dir)
+    config = load_saved_config(run_dir)
     if isinstance(config.get("algorithm"), str):
         return config["algorithm"]
     for value in config.values():
@@ -102,7 +90,7 @@ def run_label(run_dir: PathLike) -> str:
     algorithm = run_algorithm(run_dir)
     if algorithm is None:
         return Path(run_dir).resolve().name
-    config = load_run_config(run_dir)
+    config = load_saved_config(run_dir)
     sections = [config, *(v for v in config.values() if isinstance(v, dict))]
     contrast = next((s["teacher_contrast"] for s in sections if isinstance(s.get("teacher_contrast"), str)), "none")
     return algorithm if contrast == "none" else f"{algorithm}+contrast"
@@ -145,15 +133,6 @@ def series(records: Iterable[dict[str, Any]], metric: str) -> tuple[list[float],
 
 
 # ---- plots ------------------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # files only: no display on servers and in CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 SMOOTHED = ("reward",)  # per-step metrics drawn raw (faint) with a moving average over them
 SMOOTHING_WINDOW = 10
 
@@ -171,7 +150,7 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
 
 def _plot_panels(runs: list[tuple[str, list[dict]]], out_png: PathLike, metrics: Sequence[str],
                  title: str | None = None) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         plotted = 0
@@ -328,9 +307,6 @@ def report(run_dirs: PathLike | Sequence[PathLike], out_dir: PathLike, title: st
 
 def _write_credit_pages(run_dirs: Sequence[PathLike], out_dir: Path, markdown: Path) -> list[Path]:
     """`rlsd inspect` pages of the runs that recorded per-token credit, linked at the end of the report."""
-    from .credit_page import write_page
-    from .credit_records import CREDIT_FILE
-
     pages = []
     for run_dir, label in zip(run_dirs, run_labels(run_dirs)):
         if (Path(run_dir) / CREDIT_FILE).is_file():
@@ -362,5 +338,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["load_metrics", "load_run_config", "run_label", "run_labels", "series", "plot_curves", "plot_report",
+__all__ = ["load_metrics", "load_saved_config", "run_label", "run_labels", "series", "plot_curves", "plot_report",
            "summarize", "summarize_run", "markdown_table", "write_markdown_summary", "report"]
