@@ -1,6 +1,7 @@
 """The `rlsd` command line and run directories: configs, overrides, errors, resume, compare and report."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -204,31 +205,45 @@ def test_train_on_a_users_file_reports_bad_rows_then_skips_them(tiny_model_dir, 
     assert main([*common, "--skip-bad-rows"]) == 0
 
 
-def test_ctrl_c_saves_a_checkpoint_before_exit(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_resume_logs_every_step_once(tiny_model_dir, tmp_path, signame):
+    """A preempted `rlsd train` (SIGTERM, as SLURM/Kubernetes send; or Ctrl-C) with save_strategy "no" finishes
+    its step, saves a complete checkpoint, exits 128+signal with the resume command; `--resume` goes on."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    config = write_config(tmp_path / "run.yaml", tiny_model_dir, max_steps=100000)
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, max_steps=100000, lr_scheduler_type="constant")
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlsd", "train", "--config", str(config), "--output-dir", str(out),
-         "--set", "eval_every=0", "--set", "samples_every=0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.time() + 120
+    command = ["train", "--config", str(config), "--output-dir", str(out), "--set", "eval_every=0",
+               "--set", "samples_every=0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rlsd", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
     metrics = out / "metrics.jsonl"
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"loss"') >= 2):
+    deadline = time.time() + 900  # a safety net for a loaded machine, not the assertion
+    while time.time() < deadline and proc.poll() is None \
+            and not (metrics.exists() and metrics.read_text().count('"loss"') >= 2):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output[-3000:]
-    assert "interrupted; saving a checkpoint" in output
-    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
-    assert checkpoints, "the interrupted run left a checkpoint to --resume from"
-    assert (out / checkpoints[-1] / "trainer_state.json").exists()
+    proc.send_signal(getattr(signal, signame))
+    output, _ = proc.communicate(timeout=900)
+    signum = getattr(signal, signame)
+    assert proc.returncode == 128 + signum, output[-3000:]
+    assert f"{signame} received; saving a checkpoint after this step" in output
+    stopped = re.search(r"stopped by \w+ after step (\d+); checkpoint saved in (\S+)\. Resume with: (.+)", output)
+    assert stopped, output[-3000:]
+    step = int(stopped.group(1))
+    assert stopped.group(3).startswith("rlsd train --config") and stopped.group(3).endswith("--resume")
+    assert (out / f"checkpoint-{step}" / "trainer_state.json").exists()
+    assert not (out / "model.safetensors").exists(), "a stopped run leaves the final-model slot empty"
+
+    resumed = subprocess.run([sys.executable, "-m", "rlsd", *command, "--set", f"max_steps={step + 2}", "--resume"],
+                             capture_output=True, text=True, env=env, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"loss"' in line]
+    assert logged == list(range(1, step + 3)), logged
 
 
 def test_eval_with_reference_scores_the_self_teachers_view(tiny_model_dir, tmp_path, capsys):

@@ -108,10 +108,17 @@ def _run_from_args(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .run import train
+    import shlex
+
+    from .run import RunInterrupted, train
 
     run = _run_from_args(args)
-    prepared = train(run, output_dir=args.output_dir, resume=args.resume)
+    try:
+        prepared = train(run, output_dir=args.output_dir, resume=args.resume)
+    except RunInterrupted as stop:
+        again = shlex.join(["rlsd", *args.argv] + ([] if args.resume else ["--resume"]))
+        print(f"rlsd train: {stop}. Resume with: {again}", file=sys.stderr, flush=True)
+        return stop.exit_code
     print(f"rlsd: run finished; model, metrics and checkpoints in {prepared.output_dir}")
     return 0
 
@@ -242,15 +249,20 @@ COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repor
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `rlsd train` repeats them in its resume hint
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.debug:
         return COMMANDS[args.command](args)
-    from .run import RunError
+    from .run import RunError, RunInterrupted
 
     user_errors: tuple[type[BaseException], ...] = (RunError, ValueError, FileNotFoundError, KeyError)
     try:
         return COMMANDS[args.command](args)
+    except RunInterrupted as stop:  # compare/quickstart: a run stopped on SIGINT/SIGTERM after its checkpoint
+        print(f"rlsd {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except user_errors as err:
         message = str(err).strip().strip('"') or type(err).__name__
         print(f"rlsd {args.command}: error: {message.splitlines()[0]}", file=sys.stderr)

@@ -160,7 +160,9 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
         args.reward_weights = weights
     peft_config = lora_config(run["lora"]) if run.get("lora") else None
 
-    callbacks = [JsonlMetricsCallback(out / "metrics.jsonl"), GracefulInterruptCallback(), *extra_callbacks]
+    if not any(isinstance(cb, GracefulInterruptCallback) for cb in extra_callbacks):
+        extra_callbacks = (GracefulInterruptCallback(), *extra_callbacks)
+    callbacks = [JsonlMetricsCallback(out / "metrics.jsonl"), *extra_callbacks]
     try:
         trainer = RLSDTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                               peft_config=peft_config, callbacks=callbacks, tools=tools or None,
@@ -188,9 +190,13 @@ def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, ext
 
 def train(run: dict, *, output_dir=None, resume: bool = False, extra_callbacks=()) -> PreparedRun:
     """Train, then save the final model, tokenizer and model card into the run directory."""
-    prepared = build_trainer(run, output_dir=output_dir, extra_callbacks=extra_callbacks)
+    interrupt = GracefulInterruptCallback()
+    prepared = build_trainer(run, output_dir=output_dir, extra_callbacks=(interrupt, *extra_callbacks))
     trainer = prepared.trainer
     trainer.train(resume_from_checkpoint=True if resume else None)  # True: the newest complete checkpoint
+    if interrupt.stopped_at is not None:  # the checkpoint holds the run; the run directory's model stays final-only
+        checkpoint = prepared.output_dir / f"checkpoint-{interrupt.stopped_at}"
+        raise RunInterrupted(interrupt.signum, interrupt.stopped_at, checkpoint if checkpoint.is_dir() else None)
     trainer.save_model(str(prepared.output_dir))
     data = run.get("data")
     dataset_name = run.get("task") or (data.get("train") if isinstance(data, dict) else data)
@@ -236,30 +242,67 @@ class SamplesCallback(TrainerCallback):
                 }, default=str) + "\n")
 
 
+class RunInterrupted(Exception):
+    """The run stopped early on SIGINT/SIGTERM after saving a checkpoint; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        where = f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint was saved on this process"
+        super().__init__(f"stopped by {name} after step {step}; {where}")
+
+
 class GracefulInterruptCallback(TrainerCallback):
-    """First Ctrl-C: finish the current step, save a checkpoint, stop. Second Ctrl-C: abort at once."""
+    """First Ctrl-C or SIGTERM: finish the current step, save a checkpoint, stop. A second one: abort at once.
+
+    Cluster schedulers (SLURM, Kubernetes) preempt with SIGTERM and a grace period, so SIGTERM is a first
+    Ctrl-C. The checkpoint is saved whatever `save_strategy` says. With several processes the ranks agree
+    (an all-reduce of the flag at every step end) so they all stop after the same step, whichever got the signal.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.interrupted = False
-        self._previous = None
+        self.signum: int | None = None
+        self.stopped_at: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
         if self.interrupted:
             raise KeyboardInterrupt
-        self.interrupted = True
-        print("\nrlsd: interrupted; saving a checkpoint after this step (Ctrl-C again to abort)", flush=True)
+        self.interrupted, self.signum = True, signum
+        name = signal.Signals(signum).name
+        print(f"\nrlsd: {name} received; saving a checkpoint after this step ({name} again to abort)", flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            self._previous = {}
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.interrupted:
+        signum = _agreed_signal(self.signum or 0, args.device)
+        if signum:
+            self.interrupted, self.signum = True, signum
+            self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+
+def _agreed_signal(signum: int, device) -> int:
+    """The signal any process got (the largest number), so that every rank stops after the same step."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return signum
+    flag = torch.tensor([signum], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
