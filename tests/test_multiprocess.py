@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -259,3 +260,39 @@ def test_deepspeed_zero3_lora_ema_teacher(tiny_model_dir, tmp_path):
     ranks = _rank_records(tmp_path / "out", "ema", 2)
     assert ranks[0]["teacher_uses_adapter"] and ranks[0]["teacher_sha256"] == ranks[1]["teacher_sha256"]
     assert all(r["teacher_vs_expected_max_abs"] <= 1e-6 for r in ranks)
+
+
+def test_sigterm_to_every_process_stops_both_ranks_after_one_step_with_a_checkpoint(tiny_model_dir, tmp_path):
+    """A preemption (SIGTERM to the job's process group, as SLURM sends it) of a 2-process run: both ranks finish
+    the same step, one complete checkpoint is saved, and a 2-process `--resume` logs every step once."""
+    import signal
+    import time
+
+    config = {"model": tiny_model_dir, "task": "arithmetic", "rewards": [f"{HELPERS / 'rewards.py'}:digit_share"],
+              "task_train_size": 32, "task_eval_size": 4, "eval_every": 0, "samples_every": 0,
+              "training": {"algorithm": "rlsd", "max_steps": 100000, "per_device_train_batch_size": 4,
+                           "num_generations": 4, "max_completion_length": 8, "learning_rate": 1e-3,
+                           "lr_scheduler_type": "constant", "save_strategy": "no", "report_to": [], "seed": 0,
+                           "disable_tqdm": True}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    command = ["-m", "rlsd", "train", "--config", str(tmp_path / "run.yaml"), "--set", "use_cpu=true",
+               "--output-dir", str(out)]
+    proc = subprocess.Popen(_accelerate(*command), env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 900  # a safety net for a loaded machine, not the assertion
+    while time.time() < deadline and proc.poll() is None \
+            and not (metrics.exists() and metrics.read_text().count('"loss"') >= 2):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode != 0, output[-3000:]
+    assert output.count("SIGTERM received; saving a checkpoint after this step") >= 2, output[-3000:]
+    steps = {int(s) for s in re.findall(r"stopped by SIGTERM after step (\d+)", output)}
+    assert len(steps) == 1, output[-3000:]  # both ranks stopped after the same step
+    step = steps.pop()
+    assert (out / f"checkpoint-{step}" / "rlsd_complete.json").is_file()
+    _run(_accelerate(*command, "--set", f"max_steps={step + 2}", "--resume"), _env(), cwd=tmp_path)
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"loss"' in line]
+    assert logged == list(range(1, step + 3)), logged
