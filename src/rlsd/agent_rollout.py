@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 
+from .rewards._text import completion_text
+from .tasks.base import extract_answer as default_extract
+
 
 def tool_suffix_ids(tokenizer, tool_messages: list[dict]) -> list[int]:
     """Token ids that follow an agent turn's EOS for these tool results, up to the next assistant header
@@ -145,9 +148,6 @@ def evaluate_agent(model, tokenizer, rows: Sequence[dict], reward_fn: Callable |
     the last user message, its public methods join `tools`, the reward receives `environments=`, and an
     environment's `get_reward()` adds to the reward.
     """
-    from .rewards._text import completion_text
-    from .tasks.base import extract_answer as default_extract
-
     extract_answer = extract_answer or default_extract
     prompts = [r[prompt_column] for r in rows]
     environments, episode_tools = None, None

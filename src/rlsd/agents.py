@@ -31,6 +31,9 @@ from typing import Any
 
 import torch
 
+from .agent_rollout import environment_tool_names
+from .rewards.importing import RewardError, import_reward
+
 PRIVILEGED_HOOK = "_privileged_context"
 # Where a tool call starts in an agent turn, for the per-kind metrics: this package's tiny template, Qwen/Hermes
 # style, Gemma 4, Llama 3.1. Matched as token-id sequences of the marker encoded alone.
@@ -263,8 +266,6 @@ def load_environment(spec: str | None):
     if inspect.isclass(factory):
         if not inspect.isfunction(getattr(factory, "reset", None)):
             raise ValueError(f"{where}: {factory.__name__} has no reset() method (TRL calls it before each rollout)")
-        from .agent_rollout import environment_tool_names
-
         check_environment(factory)
         for name in environment_tool_names(factory):  # bound: no `self` in the schema
             check_tool(getattr(factory, name).__get__(object()), f"{where}: method {name}")
@@ -272,8 +273,6 @@ def load_environment(spec: str | None):
 
 
 def _import(spec: str, what: str):
-    from .rewards.custom import RewardError, import_reward
-
     try:
         return import_reward(spec, what=what)
     except RewardError as err:

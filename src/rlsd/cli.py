@@ -8,9 +8,24 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import shlex
 import sys
+
+from .agents import load_tools
+from .config import algorithm_variant, load_run_config
+from .credit_page import inspect
+from .data import load_dataset
+from .evaluate import evaluate, load_model
+from .export import export
+from .quickstart import run_quickstart
+from .report import report
+from .rewards import get_reward
+from .run import RunError, RunInterrupted, check_model_path, train
+from .tasks import get_task
+from .teacher import with_reference
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,8 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_from_args(args) -> dict:
-    from .config import load_run_config
-
     overrides = list(args.overrides)
     if args.model:
         overrides.append(f"model={args.model}")
@@ -108,10 +121,6 @@ def _run_from_args(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    import shlex
-
-    from .run import RunInterrupted, train
-
     run = _run_from_args(args)
     try:
         prepared = train(run, output_dir=args.output_dir, resume=args.resume)
@@ -124,12 +133,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    import copy
-
-    from .config import algorithm_variant
-    from .report import report
-    from .run import RunError, train
-
     run = _run_from_args(args)
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     try:
@@ -149,42 +152,29 @@ def cmd_compare(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate, load_model
-    from .run import RunError, check_model_path
-
     model_path = check_model_path(args.model)
     reward_fn, tools = None, []
     if args.task:
-        from .tasks import get_task
-
         task = get_task(args.task)
         rows = task.make_rows(args.limit or 200, seed=args.seed, difficulty=task.default_difficulty, split="test")
         reward_fn = task.reward
         tools = list(task.tools)
     else:
-        from .data import load_dataset
-
         rows = list(load_dataset(args.data, allow_image_urls=args.allow_image_urls)["train"])
     if args.limit:
         rows = rows[: args.limit]
     if args.with_reference:
-        from .teacher import with_reference
-
         try:
             rows = with_reference(rows, [f.strip() for f in args.with_reference.split(",") if f.strip()])
         except ValueError as err:
             raise RunError(f"--with-reference: {err}") from None
     if args.reward or reward_fn is None:
-        from .rewards import get_reward
-
         reward_fn = get_reward(args.reward or "math")
     try:
         model, tokenizer = load_model(model_path)  # a VLM comes with its processor
     except OSError as err:
         raise RunError(f"cannot load model {args.model!r}: {str(err).splitlines()[0]}") from None
     if args.tools:
-        from .agents import load_tools
-
         try:
             tools = load_tools(args.tools)
         except ValueError as err:
@@ -210,8 +200,6 @@ def _table(metrics: dict) -> str:
 
 
 def cmd_report(args) -> int:
-    from .report import report
-
     out = args.out or os.path.join(args.run_dirs[0], "report")
     report(args.run_dirs, out)
     print(f"rlsd report: wrote {out}")
@@ -219,16 +207,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .credit_page import inspect
-
     written = inspect(args.run_dir, out=args.out, step=args.step, png=args.png)
     print(f"rlsd inspect: wrote {written['page']} and {written['png']}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from .export import export
-
     out = export(args.run_dir, args.out, merge_lora=args.merge_lora, dtype=args.dtype)
     print(f"rlsd export: wrote {out} (load it with from_pretrained: AutoModelForCausalLM, or "
           f"AutoModelForImageTextToText for a vision-language model)")
@@ -236,8 +220,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from .quickstart import run_quickstart
-
     summary_path = run_quickstart(task=args.task, steps=args.steps, seed=args.seed, output_dir=args.output_dir,
                                   fast=args.fast)
     print(f"rlsd quickstart: summary in {summary_path}")
@@ -255,8 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.debug:
         return COMMANDS[args.command](args)
-    from .run import RunError, RunInterrupted
-
     user_errors: tuple[type[BaseException], ...] = (RunError, ValueError, FileNotFoundError, KeyError)
     try:
         return COMMANDS[args.command](args)

@@ -19,6 +19,11 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .agent_rollout import evaluate_agent
+from .multimodal import row_images
+from .pretrained import load_pretrained
+from .tasks.base import extract_answer as default_extract
+
 RewardFn = Callable[..., list[float]]
 
 
@@ -82,8 +87,6 @@ def load_model(path: str) -> tuple[Any, Any]:
 
     `path` may be a full model or an adapter-only (LoRA) run directory: the adapter is merged into its base.
     """
-    from .pretrained import load_pretrained
-
     return load_pretrained(path)
 
 
@@ -211,20 +214,14 @@ def evaluate(
     if tools or environment_factory is not None:
         if k > 1 or num_samples is not None or not greedy:
             raise ValueError("evaluate(tools=...): agent episodes are scored greedily only (k=1, greedy=True)")
-        from .agent_rollout import evaluate_agent
-
         with _eval_mode(model, tokenizer):
             return evaluate_agent(model, tokenizer, rows, reward_fn, tools or [],
                                   environment_factory=environment_factory, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, correct_threshold=correct_threshold,
                                   prompt_column=prompt_column, extract_answer=extract_answer)
     if extract_answer is None:
-        from .tasks.base import extract_answer as default_extract
-
         extract_answer = default_extract
     prompts = [r[prompt_column] for r in rows]
-    from .multimodal import row_images
-
     common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, images=row_images(rows))
     metrics: dict[str, Any] = {"num_rows": len(rows)}
     shown = with_image_blocks(prompts, common["images"])  # what the model reads, image tokens included

@@ -11,6 +11,14 @@ import json
 import time
 from pathlib import Path
 
+from .evaluate import evaluate, load_model
+from .progress import CompactProgressCallback
+from .report import markdown_table, report
+from .run import check_output_dir, train
+from .tasks import get_task
+from .tasks.warmstart import _deterministic, _torch_threads, warm_start
+from .teacher import with_reference
+
 QUICKSTART_ALGORITHMS = ("rlsd", "grpo")
 PRIVILEGED_FIELDS = ("answer", "solution")
 # The tiny model also learns from prompts that carry the reference, so that its self-teacher can use one, as an
@@ -38,10 +46,6 @@ def self_teacher_accuracy(task: str, model_dir: str, num_rows: int = 100) -> flo
 
     It must be far above the plain-prompt accuracy, or the teacher cannot tell good tokens from bad.
     """
-    from .evaluate import evaluate, load_model
-    from .tasks import get_task
-    from .teacher import with_reference
-
     spec = get_task(task)
     rows = with_reference(spec.make_rows(num_rows, seed=0, split="test"), PRIVILEGED_FIELDS)
     model, tokenizer = load_model(model_dir)  # a tiny VLM and its processor for image tasks
@@ -63,8 +67,6 @@ def _agent_sizes(task: str, fast: bool) -> dict | None:
     results, a token per character): `--fast` uses few rows, small batches and a short warm start to stay near a
     minute; the full run 4 prompts x 8 rollouts per RL step (~3 s/step on the loaded machine) and 50 held-out
     episodes."""
-    from .tasks import get_task
-
     if not get_task(task).tools:
         return None
     if fast:
@@ -77,8 +79,6 @@ def _agent_sizes(task: str, fast: bool) -> dict | None:
 def budget(task: str, fast: bool) -> dict:
     """Sizes of the run: text tasks, an image task's tiny VLM (its image tokens make every step dearer), or an
     agent task (`_agent_sizes`: its eval rows, prompts and rollouts per step, and `warm_start` overrides)."""
-    from .tasks import get_task
-
     if get_task(task).modality == "image":
         sizes = dict(steps=3 if fast else 30, warm_budget_s=10.0 if fast else 300.0,
                      warm_max_steps=30 if fast else 1500, warm_train_rows=256 if fast else 3000,
@@ -98,8 +98,6 @@ def reproducible_warm_start(task: str, fast: bool) -> dict:
     only a safety cap (`--fast`, a pipeline check, keeps its 40 s budget); a fixed step count where one was chosen
     for `task`.
     """
-    from .tasks import get_task
-
     if get_task(task).modality == "image":
         return {}
     # No length-grouped batches: with half the rows carrying the reference, grouping makes batches all-reference or
@@ -114,8 +112,6 @@ def reproducible_warm_start(task: str, fast: bool) -> dict:
 
 def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: int, fast: bool) -> dict:
     """The run config both algorithms share; only `algorithm` differs."""
-    from .tasks import get_task
-
     sizes = budget(task, fast)
     return {
         "model": model_dir,
@@ -146,12 +142,6 @@ def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: 
 
 def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int = 0,
                    output_dir: str = "runs/quickstart", fast: bool = False) -> Path:
-    from .report import report
-    from .run import check_output_dir, train
-    from .progress import CompactProgressCallback
-    from .tasks import get_task
-    from .tasks.warmstart import _deterministic, _torch_threads, warm_start
-
     out = check_output_dir(output_dir)
     sizes = budget(task, fast)
     steps = steps or sizes["steps"]
@@ -199,8 +189,6 @@ def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int
 
 
 def _summary_markdown(summary: dict) -> str:
-    from .report import markdown_table
-
     warm = summary["warm_start"]
     return "\n".join([
         f"# rlsd quickstart: {summary['task']}",

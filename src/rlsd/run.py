@@ -20,7 +20,16 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .agents import load_environment, load_tools
+from .callbacks import HeldOutEvalCallback, JsonlMetricsCallback
 from .config import RLSDConfig
+from .credit_records import CREDIT_FILE, CreditRecorder
+from .data import load_dataset
+from .rewards import get_rewards, robust
+from .runlog import rewind_on_resume
+from .tasks import get_task
+from .trackers import prepare_environment
+from .trainer import RLSDTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +75,6 @@ def build_datasets(run: dict, seed: int):
     from datasets import Dataset
 
     if run.get("task"):
-        from .tasks import get_task
-
         task = get_task(run["task"])
         difficulty = run.get("task_difficulty") or task.default_difficulty
         train_rows = task.make_rows(int(run["task_train_size"]), seed=seed, difficulty=difficulty, split="train")
@@ -78,8 +85,6 @@ def build_datasets(run: dict, seed: int):
         raise RunError("no data: set `task:` (a built-in task) or `data: {train: FILE}` in the config")
     if isinstance(data, str):
         data = {"train": data}
-    from .data import load_dataset
-
     options = dict(data)
     train_path = options.pop("train", None) or options.pop("path", None)
     if not train_path:
@@ -94,11 +99,7 @@ def build_rewards(run: dict, default_reward):
     if not specs:
         if default_reward is None:
             raise RunError("no reward: set `rewards:` (e.g. [math] or [exact, format:0.1]) in the config")
-        from .rewards import robust
-
         return [robust(default_reward)], None  # a task reward failing on one sample must not stop the run
-    from .rewards import get_rewards
-
     if isinstance(specs, str):
         specs = [s.strip() for s in specs.split(",") if s.strip()]
     funcs, weights = get_rewards(specs)
@@ -124,26 +125,17 @@ def lora_config(spec: dict):
 
 def build_agent(run: dict) -> tuple[list, Any]:
     """(tools, environment factory) from `tools:` / `environment:` import paths, else the built-in task's tools."""
-    from .agents import load_environment, load_tools
-
     try:
         tools, environment = load_tools(run.get("tools")), load_environment(run.get("environment"))
     except ValueError as err:
         raise RunError(str(err)) from None
     if not tools and run.get("task"):
-        from .tasks import get_task
-
         tools = list(get_task(run["task"]).tools)
     return tools, environment
 
 
 def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, extra_callbacks=()) -> PreparedRun:
     """Everything `RLSDTrainer` needs, from a run dict (`config.load_run_config`)."""
-    from .callbacks import HeldOutEvalCallback, JsonlMetricsCallback
-    from .credit_records import CREDIT_FILE, CreditRecorder
-    from .trackers import prepare_environment
-    from .trainer import RLSDTrainer
-
     training = dict(run["training"])
     out = check_output_dir(output_dir or training.get("output_dir") or "runs/rlsd")
     training["output_dir"] = str(out)
@@ -223,8 +215,6 @@ class SamplesCallback(TrainerCallback):
         self.trainer, self.path, self.every, self.max_samples = trainer, Path(path), every_n_steps, max_samples
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from .callbacks import rewind_on_resume
-
         rewind_on_resume(self.path, state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -22,10 +22,14 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
-from .base import Task
+from .. import tasks as registry
 from ..agent_rollout import sft_example
+from ..evaluate import evaluate, render_prompt
+from ..teacher import with_reference
+from .base import Task
 from .tiny import build_char_tokenizer, build_tiny_model
 from .tiny_tools import build_tool_tokenizer
+from .tiny_vlm import build_tiny_llava, build_tiny_llava_processor
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +107,6 @@ def warm_start(
     batches rows of similar length (the reference-in-prompt rows are longer),
     so batches are not padded to their longest row.
     """
-    from .. import tasks as registry
-
     task = registry.get_task(task)
     difficulty = task.default_difficulty if difficulty is None else difficulty
     max_new_tokens = max_new_tokens or task.completion_tokens or 96
@@ -170,13 +172,9 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from ..evaluate import evaluate, render_prompt
-
     transformers.set_seed(s["seed"])
     vlm = task.modality == "image"
     if vlm:  # a tiny LLaVA (CLIP vision tower + Llama) with its processor: `tokenizer` is the processor
-        from .tiny_vlm import build_tiny_llava, build_tiny_llava_processor
-
         tokenizer = build_tiny_llava_processor()
         model = build_tiny_llava(tokenizer, hidden_size=s["hidden_size"], num_layers=s["num_layers"],
                                  num_heads=s["num_heads"], seed=s["seed"])
@@ -199,8 +197,6 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
     examples = [example(r) for r in train_rows]
     num_privileged = round(s.get("privileged_fraction", 0.0) * len(train_rows))
     if num_privileged:
-        from ..teacher import with_reference
-
         examples += [example(r) for r in with_reference(train_rows[:num_privileged], ("answer", "solution"))]
     dataset = Dataset.from_list(examples)
     low, high = s["target_accuracy"]

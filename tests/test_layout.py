@@ -1,0 +1,161 @@
+"""The package's import structure: no import cycles among `rlsd` modules, and no import of an `rlsd` module
+inside a function unless it is listed below with its reason.
+
+The graph is built from the source files with `ast` (nothing is imported), so it sees every import, the ones
+inside functions included: an import moved into a function to hide a cycle still counts as an edge.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = "rlsd"
+
+# (importing module, imported module) -> why the import sits inside a function. Hiding a cycle is no reason;
+# an optional heavy dependency reached through an rlsd module would be one.
+FUNCTION_IMPORTS: dict[tuple[str, str], str] = {
+    ("rlsd.algorithms", "rlsd.algorithms.grpo_opsd"): "pending: the algorithm registry (issue 21 items 1-4) "
+                                                      "replaces this name switch",
+    ("rlsd.algorithms", "rlsd.algorithms.sdpo"): "pending: the algorithm registry replaces this name switch",
+    ("rlsd.algorithms.contrast", "rlsd.algorithms.sdpo"): "pending: the algorithm registry ends the "
+                                                          "contrast <-> sdpo cycle",
+}
+
+# Cycles still to be removed, each as the set of modules it runs through, with the reason it is still here.
+KNOWN_CYCLES: dict[frozenset[str], str] = {
+    frozenset({"rlsd.algorithms.contrast", "rlsd.algorithms.sdpo"}): "pending: the algorithm registry "
+                                                                     "(issue 21 items 1-4) removes it",
+}
+
+
+def _modules(src: Path) -> dict[str, Path]:
+    modules = {}
+    for path in sorted((src / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(src).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known: set[str]) -> list[str]:
+    """The rlsd modules an import statement loads (a name that is not a module counts as its package)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        if node.level:
+            base = module.split(".") if is_package else module.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            package = ".".join(base + ([node.module] if node.module else []))
+        else:
+            package = node.module or ""
+        names = [f"{package}.{a.name}" if f"{package}.{a.name}" in known else package for a in node.names]
+    out = []
+    for name in names:
+        while name not in known and "." in name:
+            name = name.rsplit(".", 1)[0]
+        if name in known and name.split(".")[0] == PACKAGE:
+            out.append(name)
+    return out
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def import_graph(src: Path = SRC) -> tuple[dict[str, set[str]], list[tuple[str, int, str]]]:
+    """(module -> rlsd modules it imports, anywhere in the file; [(module, line, target)] of function-level ones)."""
+    modules = _modules(src)
+    known = set(modules)
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    local: list[tuple[str, int, str]] = []
+    for module, path in modules.items():
+        is_package = path.name == "__init__.py"
+
+        def visit(node: ast.AST, in_function: bool) -> None:
+            for child in ast.iter_child_nodes(node):
+                if _is_type_checking(child):
+                    continue  # never runs
+                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                    for target in _targets(child, module, is_package, known):
+                        if target != module:
+                            edges[module].add(target)
+                            if in_function:
+                                local.append((module, child.lineno, target))
+                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+        visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), False)
+    return edges, local
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            connect(v)
+    return found
+
+
+def test_the_graph_sees_the_package():
+    edges, _ = import_graph()
+    assert {"rlsd", "rlsd.config", "rlsd.trainer", "rlsd.data", "rlsd.rewards", "rlsd.tasks"} <= set(edges)
+    assert {"rlsd.config", "rlsd.trainer"} <= edges["rlsd"]  # `from .config import RLSDConfig` in __init__
+
+
+def test_cycle_finder_finds_a_cycle_hidden_in_a_function(tmp_path):
+    """The checker itself: a cycle closed by an import inside a function is found, and so is that import."""
+    package = tmp_path / PACKAGE
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from .b import g\n")
+    (package / "a.py").write_text("from .sub import g\n\ndef f():\n    return g()\n")
+    (package / "sub" / "b.py").write_text(
+        "def g():\n    from ..a import f\n    return f\n\nif TYPE_CHECKING:\n    from .. import c\n")
+    (package / "c.py").write_text("from . import a\n")
+    edges, local = import_graph(tmp_path)
+    assert edges["rlsd.sub.b"] == {"rlsd.a"}  # the TYPE_CHECKING import is no edge
+    assert local == [("rlsd.sub.b", 2, "rlsd.a")]
+    assert cycles(edges) == [["rlsd.a", "rlsd.sub", "rlsd.sub.b"]]
+
+
+def test_no_import_cycles():
+    found = [c for c in cycles(import_graph()[0]) if frozenset(c) not in KNOWN_CYCLES]
+    assert not found, ("import cycles among rlsd modules (move what both sides need into a lower module):\n"
+                       + "\n".join(" <-> ".join(c) for c in found))
+
+
+def test_no_function_level_imports_of_rlsd_modules():
+    _, local = import_graph()
+    unexplained = [f"{m}:{line} imports {t}" for m, line, t in local if (m, t) not in FUNCTION_IMPORTS]
+    assert not unexplained, ("imports of rlsd modules inside functions (import at the top of the module; an "
+                             "exception goes in FUNCTION_IMPORTS with its reason):\n" + "\n".join(unexplained))
