@@ -75,8 +75,9 @@ class ScriptedPolicy:
     """A seeded stand-in for `model.generate` that plays the tool protocol: look up, multiply, answer (sometimes
     wrongly, so groups have signal). `seen` keeps every prompt it was asked to continue."""
 
-    def __init__(self, tokenizer, seed=0, use_calc=False):
+    def __init__(self, tokenizer, seed=0, use_calc=False, call="<call>{name}{args}</call>"):
         self.tokenizer, self.rng, self.use_calc, self.seen = tokenizer, random.Random(seed), use_calc, []
+        self.call = call  # how this tokenizer's template writes a tool call
 
     def __call__(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         out = []
@@ -86,9 +87,9 @@ class ScriptedPolicy:
             count, item = re.search(r"Cost of (\d+) (\w+)\?", text).groups()
             results = re.findall(r"<\|im_start\|>tool\n(.*?)<\|im_end\|>", text)
             if not results:
-                reply = f"Look up {item}.<call>price{{\"item\":\"{item}\"}}</call>"
+                reply = f"Look up {item}." + self.call.format(name="price", args=f'{{"item":"{item}"}}')
             elif self.use_calc and len(results) == 1 and results[0].isdigit():
-                reply = f"Multiply.<call>calc{{\"expr\":\"{count}*{results[0]}\"}}</call>"
+                reply = "Multiply." + self.call.format(name="calc", args=f'{{"expr":"{count}*{results[0]}"}}')
             else:
                 value = int(results[-1]) * (1 if self.use_calc else int(count)) if results[-1].isdigit() else 0
                 reply = f"Answer: {value + self.rng.choice([0, 0, 1])}"
@@ -110,14 +111,15 @@ def algorithm_config(algorithm, teacher_dir):
     return {"algorithm": algorithm, **extra}
 
 
-def agent_trainer(model_dir, tmp_path, rows=None, tools=(price,), environment=None, use_calc=False, **config):
+def agent_trainer(model_dir, tmp_path, rows=None, tools=(price,), environment=None, use_calc=False,
+                  call="<call>{name}{args}</call>", **config):
     config = {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 120,
               "privileged_fields": ["answer", "solution"], "rlsd_eps_w": 0.5, **config}
     args = tiny_config(tmp_path, **config)
     trainer = RLSDTrainer(model=model_dir, reward_funcs=reward, args=args,
                           train_dataset=Dataset.from_list(rows or make_rows()), tools=list(tools),
                           environment_factory=environment)
-    trainer._generate_single_turn = ScriptedPolicy(trainer.processing_class, use_calc=use_calc)
+    trainer._generate_single_turn = ScriptedPolicy(trainer.processing_class, use_calc=use_calc, call=call)
     return trainer
 
 

@@ -6,11 +6,14 @@ tool execution and failure handling, `tool_mask`, parsing, the teacher pass and 
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 from agent_helpers import (MARKER, ObservedShop, Shop, agent_trainer, algorithm_config, calc, contains,
                            generation_batch, make_rows, tool_model_dir)  # noqa: F401 (fixture)
 
 from rlsd import agents
 from rlsd.config import ALGORITHMS
+from rlsd.tasks.tiny import build_char_tokenizer, build_tiny_model
+from rlsd.tasks.tiny_tools import TOOL_CHAT_TEMPLATE, build_tool_tokenizer
 
 
 # ---- the teacher pass over a multi-turn completion -----------------------------------------------------------------
@@ -288,3 +291,71 @@ def test_a_privileged_field_neither_the_row_nor_the_environment_has_is_a_clear_e
                 return "the answer"
 
         agent_trainer(tool_model_dir, tmp_path, rows=rows, tools=(), environment=Leaky, algorithm="rlsd")
+
+
+# ---- a user's own tool-call syntax: found by the tokenizer's response parser ----------------------------------------
+OWN_CALL = "<<{name} {args}>>"
+OWN_TEMPLATE = TOOL_CHAT_TEMPLATE.replace("'<call>' + f.name", "'<<' + f.name + ' '").replace("'</call>'", "'>>'")
+OWN_RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {"open_pattern": r"<<(?P<name>\w+) ", "close_pattern": r">>", "repeats": True, "content": "json",
+                       "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}}},
+        "content": {"close_pattern": r"<\|im_end\|>\s*|$", "content": "text"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def own_syntax_model_dir(tmp_path_factory):
+    """A tiny model whose template writes calls as `<<name {json}>>`, with the matching response parser."""
+    path = tmp_path_factory.mktemp("own-syntax")
+    tokenizer = build_char_tokenizer()
+    tokenizer.chat_template, tokenizer.response_template = OWN_TEMPLATE, OWN_RESPONSE_TEMPLATE
+    build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_tool_call_tokens_come_from_the_tokenizers_own_parser(own_syntax_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(own_syntax_model_dir)
+    turn = tokenizer('Look up pen.<<price {"item":"pen"}>><|im_end|>', add_special_tokens=False)["input_ids"]
+    assert tokenizer.parse_response(turn, prefix="")["tool_calls"][0]["function"]["name"] == "price"
+    assert agents.tool_call_finder(tokenizer)(turn) == len("Look up pen."), "the call's first token: `<`"
+    assert agents.tool_call_finder(tokenizer)(tokenizer("Answer: 26")["input_ids"]) is None
+    fallback = [tokenizer(m, add_special_tokens=False)["input_ids"] for m in agents.TOOL_CALL_MARKERS]
+    assert agents.marker_finder(fallback)(turn) is None, "the hard-coded openers alone would miss this syntax"
+    tool_tokenizer = build_tool_tokenizer()  # the known template: parser and fallback agree
+    known = tool_tokenizer('Look up pen.<call>price{"item":"pen"}</call>', add_special_tokens=False)["input_ids"]
+    assert agents.tool_call_finder(tool_tokenizer)(known) == len("Look up pen.")
+    tool_tokenizer.response_template = None
+    assert agents.tool_call_finder(tool_tokenizer)(known) == len("Look up pen.")
+
+
+def test_own_tool_call_syntax_gets_the_per_kind_metrics(own_syntax_model_dir, tmp_path, monkeypatch):
+    batches, annotate = [], agents.annotate_rollouts
+
+    def keep(trainer, output):
+        annotate(trainer, output)
+        batches.append(output)
+
+    monkeypatch.setattr(agents, "annotate_rollouts", keep)
+    trainer = agent_trainer(own_syntax_model_dir, tmp_path, tools=(calc,), environment=Shop, use_calc=True,
+                            call=OWN_CALL, max_steps=2, max_completion_length=200, per_device_train_batch_size=4,
+                            num_generations=4, algorithm="rlsd")
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        assert entry["tools/call_frequency"] == pytest.approx(2.0), "TRL parsed both calls and ran the tools"
+        assert entry["agent/tool_call_token_frac"] > 0
+    scored = [entry for entry in logs if entry["teacher/rows_scored_frac"] > 0]
+    assert scored and all("rlsd/weight_tool_call" in e and "rlsd/weight_reasoning" in e for e in scored)
+    # The marked tokens are exactly the two calls (each to the end of its turn), in every rollout.
+    tokenizer = trainer.processing_class
+    for output in batches:
+        for ids, mask in zip(output["completion_ids"], output["tool_call_mask"]):
+            marked = tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+            assert marked.startswith("<<price ") and "<<calc " in marked and ">>" in marked, marked
+            assert "Look up" not in marked and "Multiply." not in marked and "Answer" not in marked, marked

@@ -35,9 +35,11 @@ from .agent_rollout import environment_tool_names
 from .rewards.importing import RewardError, import_reward
 
 PRIVILEGED_HOOK = "_privileged_context"
-# Where a tool call starts in an agent turn, for the per-kind metrics: this package's tiny template, Qwen/Hermes
-# style, Gemma 4, Llama 3.1. Matched as token-id sequences of the marker encoded alone.
+# Fallback only, for a tokenizer without a response parser (`response_template`/`response_schema`): where a tool
+# call starts in the templates this package knows (its tiny template, Qwen/Hermes style, Gemma 4, Llama 3.1),
+# matched as token-id sequences of the marker encoded alone. See `tool_call_finder`.
 TOOL_CALL_MARKERS = ("<call>", "<tool_call>", "<|tool_call>", "<|python_tag|>")
+CallFinder = Callable[[list[int]], "int | None"]  # an agent turn's token ids -> index of its first tool-call token
 
 
 # ---- pure functions: tensors in, tensors out ----------------------------------------------------------------------
@@ -53,17 +55,19 @@ def agent_turn_counts(tool_mask: torch.Tensor, completion_mask: torch.Tensor) ->
 
 
 def tool_call_token_mask(completion_ids: torch.Tensor, tool_mask: torch.Tensor, completion_mask: torch.Tensor,
-                         marker_ids: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Which agent tokens belong to a tool call: from the first marker of a turn that a tool result follows, to
+                         find_call: CallFinder | Sequence[Sequence[int]]) -> torch.Tensor:
+    """Which agent tokens belong to a tool call: from where a turn that a tool result follows starts its call, to
     that turn's end. Every other agent token is reasoning/answer text.
 
-    completion_ids, tool_mask, completion_mask: (B, T). marker_ids: token-id sequences that open a tool call.
+    completion_ids, tool_mask, completion_mask: (B, T). find_call: the turn's token ids -> the index of its first
+    tool-call token or None (`tool_call_finder`), or token-id sequences that open a call (the first one found).
     Returns (B, T) bool, False outside agent tokens.
     """
+    if not callable(find_call):
+        find_call = marker_finder(find_call)
     agent = (tool_mask * completion_mask).bool().tolist()
     tool = ((1 - tool_mask) * completion_mask).bool().tolist()
     ids = completion_ids.tolist()
-    markers = [list(m) for m in marker_ids if len(m)]
     out = torch.zeros(completion_ids.shape, dtype=torch.bool)
     for row in range(len(ids)):
         t, length = 0, len(ids[row])
@@ -75,12 +79,78 @@ def tool_call_token_mask(completion_ids: torch.Tensor, tool_mask: torch.Tensor, 
             while end < length and agent[row][end]:
                 end += 1
             if end < length and tool[row][end]:  # this turn handed over to a tool
-                first = min((s for m in markers for s in range(t, end - len(m) + 1)
-                             if ids[row][s:s + len(m)] == m), default=None)
+                first = find_call(ids[row][t:end])
                 if first is not None:
-                    out[row, first:end] = True
+                    out[row, t + first:end] = True
             t = end
     return out.to(completion_ids.device)
+
+
+def marker_finder(marker_ids: Sequence[Sequence[int]]) -> CallFinder:
+    """A `CallFinder` that looks for the earliest of some token-id sequences (the fallback heuristic)."""
+    markers = [list(m) for m in marker_ids if len(m)]
+
+    def find(ids: list[int]) -> int | None:
+        return min((s for m in markers for s in range(len(ids) - len(m) + 1) if ids[s:s + len(m)] == m), default=None)
+
+    return find
+
+
+def response_parser_call_start(tokenizer) -> Callable[[str], "int | None"] | None:
+    """Where the tokenizer's own response parser sees a tool call begin in a turn's text, or None without a parser.
+
+    The parser is the one TRL parses tool calls with (`trl.chat_template_utils.parse_response`): a new-style
+    `response_template` (its `tool_calls` field's `open_pattern`, compiled as transformers compiles it) or a legacy
+    `response_schema` (where its `x-regex` puts the `tool_calls` group). Returns text -> character index or None.
+    """
+    template = getattr(tokenizer, "response_template", None)
+    if template is not None:
+        from transformers.utils.chat_parsing.response_templates import load_response_template
+
+        field = load_response_template(template).fields.get("tool_calls")
+        opener = getattr(field, "open_re", None)
+        if opener is None:
+            return None
+        return lambda text: (m.start() if (m := opener.search(text)) else None)
+    schema = getattr(tokenizer, "response_schema", None)
+    pattern = schema.get("x-regex") if isinstance(schema, Mapping) else None
+    if pattern and "(?P<tool_calls>" in pattern:
+        import re
+
+        compiled = re.compile(pattern, re.DOTALL)
+        return lambda text: (m.start("tool_calls") if (m := compiled.search(text)) and m.group("tool_calls")
+                             else None)
+    return None
+
+
+def tool_call_finder(tokenizer) -> CallFinder:
+    """A `CallFinder` for `tokenizer`: from its response parser when it has one, else the opener heuristics.
+
+    The parser works on text; the call's first character is mapped back to the token holding it (the shortest
+    prefix of the turn whose decoded text reaches past that character).
+    """
+    call_start = response_parser_call_start(tokenizer)
+    if call_start is None:
+        markers = [tokenizer(m, add_special_tokens=False)["input_ids"] for m in TOOL_CALL_MARKERS]
+        return marker_finder([m for m in markers if m and tokenizer.unk_token_id not in m])
+
+    def decoded_length(ids: list[int]) -> int:
+        return len(tokenizer.decode(ids, skip_special_tokens=False))
+
+    def find(ids: list[int]) -> int | None:
+        start = call_start(tokenizer.decode(ids, skip_special_tokens=False))
+        if start is None:
+            return None
+        low, high = 0, len(ids) - 1  # the smallest k with decoded_length(ids[:k + 1]) > start
+        while low < high:
+            middle = (low + high) // 2
+            if decoded_length(ids[:middle + 1]) > start:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    return find
 
 
 def kind_split(values: torch.Tensor, agent_mask: torch.Tensor, tool_call_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -182,13 +252,11 @@ def annotate_rollouts(trainer, output: dict[str, Any]) -> None:
     if tool_mask is None:
         return
     completion_mask = output["completion_mask"]
-    markers = getattr(trainer, "_tool_call_marker_ids", None)
-    if markers is None:
-        tokenizer = trainer._tokenizer
-        markers = [tokenizer(m, add_special_tokens=False)["input_ids"] for m in TOOL_CALL_MARKERS]
-        markers = [m for m in markers if m and tokenizer.unk_token_id not in m]
-        trainer._tool_call_marker_ids = markers
-    output["tool_call_mask"] = tool_call_token_mask(output["completion_ids"], tool_mask, completion_mask, markers).long()
+    find_call = getattr(trainer, "_tool_call_finder", None)
+    if find_call is None:
+        find_call = trainer._tool_call_finder = tool_call_finder(trainer._tokenizer)
+    output["tool_call_mask"] = tool_call_token_mask(output["completion_ids"], tool_mask, completion_mask,
+                                                    find_call).long()
     tokens = completion_mask.sum().clamp(min=1)
     _log(trainer, "agent/turns", agent_turn_counts(tool_mask, completion_mask).float().mean())
     _log(trainer, "agent/tool_output_frac", ((1 - tool_mask) * completion_mask).sum() / tokens)
@@ -281,4 +349,5 @@ def _import(spec: str, what: str):
 
 __all__ = ["PRIVILEGED_HOOK", "TOOL_CALL_MARKERS", "agent_turn_counts", "annotate_rollouts", "check_environment",
            "check_tool", "kind_split", "load_environment", "load_tools", "log_kind_split", "log_weight_split",
-           "teacher_rows", "tool_call_token_mask", "weight_split"]
+           "marker_finder", "response_parser_call_start", "teacher_rows", "tool_call_finder", "tool_call_token_mask",
+           "weight_split"]
