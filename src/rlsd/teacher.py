@@ -94,6 +94,7 @@ def privileged_block(template: str, row: Mapping[str, Any]) -> str:
 
 
 def prompt_text(prompt: Prompt) -> str:
+    """All text of a prompt, messages and content blocks joined by newlines (what leakage checks search)."""
     if isinstance(prompt, str):
         return prompt
     parts = []

@@ -43,7 +43,8 @@ def to_list(values: Any) -> list:
     return values.to_pylist() if is_arrow(values) else values
 
 
-def template_fields(template: str) -> set[str]:
+def template_columns(template: str) -> set[str]:
+    """The columns a `prompt_template` reads: its placeholders cut to the column name (`{a.b}`, `{a[0]}` read `a`)."""
     try:
         return {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(template) if f}
     except ValueError as exc:
@@ -79,7 +80,7 @@ def resolve_columns(src: Source, options: dict) -> dict[str, str | None]:
             )
     template = options["prompt_template"]
     if template is not None:
-        fields = template_fields(template)
+        fields = template_columns(template)
         secret = fields & {"answer", "solution", cols["answer"], cols["solution"]} - {None}
         if secret:
             used = ", ".join(sorted(secret))
@@ -137,7 +138,7 @@ def _has_content(content: str | list) -> bool:
     return any(b["type"] == "image" or b["text"].strip() for b in content)
 
 
-def prompt_text(prompt: Any) -> str:
+def shown_text(prompt: Any) -> str:
     """The prompt's text as the model reads it (image blocks count as nothing)."""
     if isinstance(prompt, str):
         return prompt
@@ -257,7 +258,7 @@ def column_values(src: Source, names: Iterable[str], rows: np.ndarray) -> dict[s
 def shape_prompts(prompts: Any, src: Source, rows: np.ndarray, options: dict, name: str) -> tuple[list, list[Issue]]:
     """Apply `prompt_template` (to the text, or the last user message) and `system_prompt` to some rows."""
     template, system = options["prompt_template"], options["system_prompt"]
-    fields = sorted(template_fields(template) - {"prompt"}) if template is not None else []
+    fields = sorted(template_columns(template) - {"prompt"}) if template is not None else []
     extra = column_values(src, fields, rows)
     values = prompts.take(pa.array(rows)).to_pylist() if is_arrow(prompts) else [prompts[i] for i in rows]
     out, issues = [], []
@@ -289,13 +290,13 @@ def prompt_sizes(prompts: Any, bad: set[int]) -> np.ndarray:
     """Characters of each prompt as the model sees it (0 for rows in `bad`, whose prompt may not be valid)."""
     if _is_text(prompts):
         return np.asarray(pc.fill_null(pc.utf8_length(prompts), 0).to_numpy(zero_copy_only=False))
-    return np.fromiter((0 if i in bad else len(prompt_text(p)) for i, p in enumerate(prompts)), dtype=np.int64)
+    return np.fromiter((0 if i in bad else len(shown_text(p)) for i, p in enumerate(prompts)), dtype=np.int64)
 
 
 def prompt_key(prompt: Any) -> str:
     """What 'the same prompt' means for train/eval overlap: same text up to spacing and case."""
     if not isinstance(prompt, str):
-        prompt = prompt_text(prompt)
+        prompt = shown_text(prompt)
     return " ".join(prompt.split()).casefold()
 
 
