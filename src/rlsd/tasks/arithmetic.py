@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from .base import Row, Task, chat_prompt, check_difficulty, exact_match_reward, sample_rows
+from .base import Row, chat_prompt, sampled_task
 
 NAME = "arithmetic"
 # difficulty -> (operations, largest operand)
@@ -38,22 +38,7 @@ def _sample(difficulty: int):
     return sample
 
 
-def make_rows(n: int, seed: int = 0, difficulty: int = 1, split: str = "train") -> list[Row]:
-    """`n` distinct chained-arithmetic problems of one split, deterministic in `seed`."""
-    check_difficulty(difficulty, len(LEVELS))
-    return sample_rows(NAME, _sample(difficulty), n, seed, difficulty, split)
-
-
-def reward(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 iff the last `Answer:` in the completion equals the result."""
-    return exact_match_reward(prompts, completions, answer)
-
-
-TASK = Task(
-    name=NAME,
-    make_rows=make_rows,
-    reward=reward,
-    description="chained integer + and -, one intermediate result per line (e.g. Compute 37+48-19.)",
-    default_difficulty=1,
+TASK = sampled_task(
+    NAME, _sample, "chained integer + and -, one intermediate result per line (e.g. Compute 37+48-19.)",
     max_difficulty=len(LEVELS),
 )

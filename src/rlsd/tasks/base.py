@@ -1,4 +1,5 @@
-"""Shared pieces of the built-in tasks: the `Task` record, split hashing, answer parsing.
+"""Shared pieces of the built-in tasks: the `Task` record, split hashing, answer parsing, and `sampled_task`,
+which builds a task's `make_rows` and reward from its problem sampler.
 
 Every task is a pure generator plus a verifier. Problems are assigned to the
 train or held-out split by a hash of their canonical form, so the two splits
@@ -15,7 +16,6 @@ from typing import Any, Callable, Iterable
 
 # One way to read text out of TRL's prompts and completions (strings or chat messages), shared with the rewards.
 from ..rewards._text import completion_text
-from ..teacher import prompt_text  # noqa: F401  (re-exported for the task modules)
 
 Row = dict[str, Any]
 RewardFn = Callable[..., list[float]]
@@ -131,9 +131,36 @@ def normalize_answer(answer: str | None) -> str | None:
     return compact
 
 
-def exact_match_reward(prompts: list[Any], completions: list[Any], answer: Iterable[Any], **kwargs: Any) -> list[float]:
-    """1.0 iff the completion's last `Answer: X` equals the reference answer (after normalisation)."""
+def reward(prompts: list[Any], completions: list[Any], answer: Iterable[Any], **kwargs: Any) -> list[float]:
+    """The built-in tasks' reward: 1.0 iff the completion's last `Answer: X` equals the reference answer (after
+    normalisation). TRL logs a reward under its function's name, hence `rewards/reward/mean`."""
     return [
         1.0 if (got := normalize_answer(extract_answer(c))) is not None and got == normalize_answer(str(a)) else 0.0
         for c, a in zip(completions, answer)
     ]
+
+
+@dataclass(frozen=True)
+class RowSampler:
+    """A task's `make_rows(n, seed=0, difficulty=1, split="train")`: `n` distinct problems of one split,
+    deterministic in `seed`, drawn by `sampler(difficulty)(rng) -> (canonical key, row)`; `finish` (if any)
+    completes the chosen rows (e.g. draws their pictures once the problems are known)."""
+
+    name: str
+    sampler: Callable[[int], Callable[[random.Random], tuple[str, Row]]]
+    max_difficulty: int
+    finish: Callable[[list[Row]], list[Row]] | None = None
+
+    def __call__(self, n: int, seed: int = 0, difficulty: int = 1, split: str = "train") -> list[Row]:
+        check_difficulty(difficulty, self.max_difficulty)
+        rows = sample_rows(self.name, self.sampler(difficulty), n, seed, difficulty, split)
+        return self.finish(rows) if self.finish is not None else rows
+
+
+def sampled_task(name: str, sampler: Callable[[int], Callable[[random.Random], tuple[str, Row]]], description: str,
+                 *, max_difficulty: int, reward: RewardFn = reward, finish: Callable[[list[Row]], list[Row]] | None
+                 = None, **fields: Any) -> Task:
+    """A `Task` whose rows come from `sampler` (see `RowSampler`) and whose reward is `reward` (exact match of
+    the final answer unless given); `fields` are the other `Task` fields (tools, completion_tokens, ...)."""
+    return Task(name=name, make_rows=RowSampler(name, sampler, max_difficulty, finish), reward=reward,
+                description=description, max_difficulty=max_difficulty, **fields)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 
-from .base import Row, Task, chat_prompt, check_difficulty, exact_match_reward, sample_rows
+from .base import Row, chat_prompt, sampled_task
 
 NAME = "chain"
 # difficulty -> (steps, largest operand, [(multiplier, apply while value <= bound)])
@@ -53,24 +53,9 @@ def _sample(difficulty: int):
     return sample
 
 
-def make_rows(n: int, seed: int = 0, difficulty: int = 1, split: str = "train") -> list[Row]:
-    """`n` distinct chains of one split, deterministic in `seed`."""
-    check_difficulty(difficulty, len(LEVELS))
-    return sample_rows(NAME, _sample(difficulty), n, seed, difficulty, split)
-
-
-def reward(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 iff the last `Answer:` equals the chain's final value (any wrong step makes it wrong)."""
-    return exact_match_reward(prompts, completions, answer)
-
-
-TASK = Task(
-    name=NAME,
-    make_rows=make_rows,
-    reward=reward,
-    description="long-horizon chains of 8-12 dependent +, -, * steps written out one per line "
-                "(e.g. Start at 37, then: +5, -3, ... Give the final value.)",
-    default_difficulty=1,
-    max_difficulty=len(LEVELS),
-    completion_tokens=COMPLETION_TOKENS,
+TASK = sampled_task(
+    NAME, _sample,
+    "long-horizon chains of 8-12 dependent +, -, * steps written out one per line "
+    "(e.g. Start at 37, then: +5, -3, ... Give the final value.)",
+    max_difficulty=len(LEVELS), completion_tokens=COMPLETION_TOKENS,
 )

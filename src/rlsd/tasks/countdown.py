@@ -17,7 +17,8 @@ from collections import Counter
 from fractions import Fraction
 from typing import Any
 
-from .base import Row, Task, chat_prompt, check_difficulty, extract_answer, prompt_text, sample_rows
+from ..teacher import prompt_text
+from .base import Row, chat_prompt, extract_answer, sampled_task
 
 NAME = "countdown"
 # difficulty -> (how many numbers, largest number)
@@ -57,12 +58,6 @@ def _sample(difficulty: int):
         return f"{listed}->{value}", row
 
     return sample
-
-
-def make_rows(n: int, seed: int = 0, difficulty: int = 1, split: str = "train") -> list[Row]:
-    """`n` distinct countdown problems of one split, deterministic in `seed`."""
-    check_difficulty(difficulty, len(LEVELS))
-    return sample_rows(NAME, _sample(difficulty), n, seed, difficulty, split)
 
 
 def _evaluate(node: ast.AST, used: list[int]) -> Fraction:
@@ -128,11 +123,7 @@ def reward(prompts, completions, answer=None, numbers=None, target=None, **kwarg
     return rewards
 
 
-TASK = Task(
-    name=NAME,
-    make_rows=make_rows,
-    reward=reward,
-    description="reach a target with each given number once and + - * (e.g. Make 22 from 3,5,7)",
-    default_difficulty=1,
-    max_difficulty=len(LEVELS),
+TASK = sampled_task(
+    NAME, _sample, "reach a target with each given number once and + - * (e.g. Make 22 from 3,5,7)",
+    max_difficulty=len(LEVELS), reward=reward,
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from .base import Row, Task, chat_prompt, check_difficulty, exact_match_reward, sample_rows
+from .base import Row, chat_prompt, sampled_task
 
 NAME = "linear"
 MAX_DIFFICULTY = 3
@@ -77,22 +77,7 @@ def _sample(difficulty: int):
     return sample
 
 
-def make_rows(n: int, seed: int = 0, difficulty: int = 1, split: str = "train") -> list[Row]:
-    """`n` distinct linear equations of one split, deterministic in `seed`."""
-    check_difficulty(difficulty, MAX_DIFFICULTY)
-    return sample_rows(NAME, _sample(difficulty), n, seed, difficulty, split)
-
-
-def reward(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 iff the last `Answer:` in the completion equals the solution x."""
-    return exact_match_reward(prompts, completions, answer)
-
-
-TASK = Task(
-    name=NAME,
-    make_rows=make_rows,
-    reward=reward,
-    description="linear equations in x solved by inverse operations (e.g. Solve for x: 3x+7=22)",
-    default_difficulty=1,
+TASK = sampled_task(
+    NAME, _sample, "linear equations in x solved by inverse operations (e.g. Solve for x: 3x+7=22)",
     max_difficulty=MAX_DIFFICULTY,
 )

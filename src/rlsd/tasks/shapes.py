@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 
-from .base import Row, Task, check_difficulty, exact_match_reward, sample_rows
+from .base import Row, sampled_task
 
 NAME = "shapes"
 GRID = 3  # cells per side
@@ -76,24 +76,12 @@ def _sample(difficulty: int):
     return sample
 
 
-def make_rows(n: int, seed: int = 0, difficulty: int = 1, split: str = "train") -> list[Row]:
-    """`n` distinct picture problems of one split, deterministic in `seed`; rows carry a PIL `image`."""
-    check_difficulty(difficulty, len(LEVELS))
-    rows = sample_rows(NAME, _sample(difficulty), n, seed, difficulty, split)
-    return [{**row, "image": draw(row["image"])} for row in rows]  # drawn once the problems are chosen
+def _draw_rows(rows: list[Row]) -> list[Row]:
+    """Rows carry a PIL `image`, drawn once the problems are chosen."""
+    return [{**row, "image": draw(row["image"])} for row in rows]
 
 
-def reward(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 iff the last `Answer:` in the completion equals the result."""
-    return exact_match_reward(prompts, completions, answer)
-
-
-TASK = Task(
-    name=NAME,
-    make_rows=make_rows,
-    reward=reward,
-    description="count coloured squares in a 3x3 picture, then add/multiply (needs a VLM; rows carry `image`)",
-    default_difficulty=1,
-    max_difficulty=len(LEVELS),
-    modality="image",
+TASK = sampled_task(
+    NAME, _sample, "count coloured squares in a 3x3 picture, then add/multiply (needs a VLM; rows carry `image`)",
+    max_difficulty=len(LEVELS), finish=_draw_rows, modality="image",
 )

@@ -21,7 +21,7 @@ import operator
 import random
 import re
 
-from .base import Row, Task, chat_prompt, check_difficulty, exact_match_reward, sample_rows
+from .base import Row, chat_prompt, sampled_task
 
 NAME = "shop"
 ITEMS = ("pen", "cup", "hat", "box", "map", "key", "bag", "jar", "mug", "fan", "lamp", "rope", "sock", "book",
@@ -89,12 +89,6 @@ def _sample(difficulty: int):
     return sample
 
 
-def make_rows(n: int, seed: int = 0, difficulty: int = 1, split: str = "train") -> list[Row]:
-    """`n` distinct shop questions of one split, deterministic in `seed`."""
-    check_difficulty(difficulty, 3)
-    return sample_rows(NAME, _sample(difficulty), n, seed, difficulty, split)
-
-
 def _call(name: str, **arguments) -> dict:
     return {"role": "assistant", "content": "",
             "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
@@ -113,17 +107,9 @@ def transcript(row: Row) -> list[dict]:
     return messages
 
 
-def reward(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 iff the agent's last `Answer:` equals the total (tool results do not count as the agent's text)."""
-    return exact_match_reward(prompts, completions, answer)
-
-
-TASK = Task(
-    name=NAME,
-    make_rows=make_rows,
-    reward=reward,
-    description="agent task: look up prices with a `price` tool, multiply with `calc`, answer (e.g. Cost of 37 pen?)",
-    default_difficulty=1,
+TASK = sampled_task(
+    NAME, _sample,
+    "agent task: look up prices with a `price` tool, multiply with `calc`, answer (e.g. Cost of 37 pen?)",
     max_difficulty=3,
     completion_tokens=160,  # three turns and two tool results, a token per character
     tools=TOOLS,
