@@ -293,6 +293,30 @@ def test_a_privileged_field_neither_the_row_nor_the_environment_has_is_a_clear_e
         agent_trainer(tool_model_dir, tmp_path, rows=rows, tools=(), environment=Leaky, algorithm="rlsd")
 
 
+def test_an_environments_privileged_string_is_never_silently_dropped(tool_model_dir, tmp_path):
+    """`_privileged_context()` returning a string fills `solution`; with privileged_fields=['answer'] the teacher
+    would never see it, so the run stops with one line naming the field to add (before any update)."""
+    trainer = agent_trainer(tool_model_dir, tmp_path, tools=(), environment=Shop, algorithm="rlsd",
+                            privileged_fields=["answer"])
+    with pytest.raises(ValueError, match=r"^RLSDConfig\.privileged_fields=\['answer'\]: Shop\._privileged_context\(\) "
+                                         r"gives a string \(the 'solution' field\) that the teacher would never see; "
+                                         r"add it: privileged_fields=\['answer', 'solution'\]$"):
+        trainer._generate_and_score_completions(generation_batch(trainer, make_rows()))
+
+    class Annotated(Shop):  # annotated `-> str`: refused when the trainer is built
+        def _privileged_context(self) -> str:
+            return super()._privileged_context()
+
+    with pytest.raises(ValueError, match=r"Annotated\._privileged_context\(\) -> str gives .*add it: "
+                                         r"privileged_fields=\['answer', 'solution'\]"):
+        agent_trainer(tool_model_dir, tmp_path, tools=(), environment=Annotated, algorithm="rlsd",
+                      privileged_fields=["answer"])
+    # GRPO has no teacher to show it to: nothing to refuse.
+    agent_trainer(tool_model_dir, tmp_path, tools=(), environment=Annotated, algorithm="grpo",
+                  privileged_fields=["answer"])
+    # With the field named, the string reaches every teacher row: test_privileged_text_reaches_every_teacher_row...
+
+
 # ---- a user's own tool-call syntax: found by the tokenizer's response parser ----------------------------------------
 OWN_CALL = "<<{name} {args}>>"
 OWN_TEMPLATE = TOOL_CHAT_TEMPLATE.replace("'<call>' + f.name", "'<<' + f.name + ' '").replace("'</call>'", "'>>'")

@@ -200,8 +200,9 @@ def privileged_from_environment(environment_factory) -> bool:
     return any(not inspect.isclass(f) or callable(getattr(f, PRIVILEGED_HOOK, None)) for f in factories)
 
 
-def check_environment(environment_factory) -> None:
-    """Refuse an environment class whose privileged hook TRL would hand to the agent as a tool."""
+def check_environment(environment_factory, args=None) -> None:
+    """Refuse an environment class whose privileged hook TRL would hand to the agent as a tool, or whose hook is
+    annotated `-> str` (the `solution` field) while `args.privileged_fields` would never show that to the teacher."""
     if environment_factory is None:
         return
     factories = environment_factory.values() if isinstance(environment_factory, Mapping) else [environment_factory]
@@ -210,6 +211,26 @@ def check_environment(environment_factory) -> None:
             raise ValueError(
                 f"environment {factory.__name__}: rename privileged_context() to {PRIVILEGED_HOOK}(); TRL exposes "
                 "every public method to the agent as a tool, so the agent could call for the privileged text")
+        hook = getattr(factory, PRIVILEGED_HOOK, None) if inspect.isclass(factory) else None
+        if args is not None and inspect.isfunction(hook) and \
+                inspect.signature(hook).return_annotation in (str, "str"):
+            message = _unshown_context(args, {"solution": ""}, f"{factory.__name__}.{PRIVILEGED_HOOK}() -> str")
+            if message:
+                raise ValueError(message)
+
+
+def _unshown_context(args, context: Mapping[str, Any], source: str) -> str | None:
+    """A one-line error when privileged text from `source` would never reach the teacher, else None."""
+    if not args.uses_privileged_teacher:
+        return None
+    shown = list(args.privileged_fields)
+    dropped = [f for f in context if f not in shown]
+    if not dropped:
+        return None
+    what = "a string (the 'solution' field)" if list(context) == ["solution"] and "-> str" not in source \
+        else f"field(s) {dropped}"
+    return (f"RLSDConfig.privileged_fields={shown}: {source} gives {what} that the teacher would never see; "
+            f"add it: privileged_fields={shown + dropped}")
 
 
 def teacher_rows(trainer, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -225,7 +246,11 @@ def teacher_rows(trainer, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {**row, "prompt": prompt}
         hook = getattr(environment, PRIVILEGED_HOOK, None)
         if callable(hook):
-            row.update(_privileged_fields(hook(), type(environment).__name__))
+            context = _privileged_fields(hook(), type(environment).__name__)
+            unshown = _unshown_context(trainer.args, context, f"{type(environment).__name__}.{PRIVILEGED_HOOK}()")
+            if unshown:  # never drop the environment's privileged text silently
+                raise ValueError(unshown)
+            row.update(context)
         missing = [f for f in fields if f not in row]
         if missing:
             source = f" nor {type(environment).__name__}.{PRIVILEGED_HOOK}()" if environment is not None else ""

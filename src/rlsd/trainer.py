@@ -47,7 +47,7 @@ class RLSDTrainer(GRPOTrainer):
             args = RLSDConfig(output_dir="rlsd-output")
         if not isinstance(args, RLSDConfig):
             raise TypeError(f"RLSDTrainer needs an RLSDConfig, got {type(args).__name__}")
-        agents.check_environment(kwargs.get("environment_factory"))
+        agents.check_environment(kwargs.get("environment_factory"), args)
         for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             if not agents.privileged_from_environment(kwargs.get("environment_factory")):  # else checked per batch
                 _check_privileged_columns(args, dataset, name)
