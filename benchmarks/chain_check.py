@@ -20,7 +20,7 @@ from rlsd.config import algorithm_variant
 from rlsd.quickstart import quickstart_run, self_teacher_accuracy
 from rlsd.report import load_metrics
 from rlsd.run import train
-from rlsd.tasks.warmstart import warm_start
+from rlsd.app.warmstart import warm_start
 
 KEYS = ("step_time", "reward", "teacher/time_frac", "teacher/contrast_time_frac", "rlsd/delta_mean",
         "rlsd/clip_high_frac", "distill/divergence", "distill/sampled_advantage", "sdpo/peer_demo_frac")

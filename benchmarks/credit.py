@@ -284,7 +284,7 @@ def main(argv=None) -> int:
         examples = min(args.examples, 16)
     else:
         from rlsd.quickstart import WARM_START_PRIVILEGED_FRACTION, self_teacher_accuracy
-        from rlsd.tasks.warmstart import warm_start
+        from rlsd.app.warmstart import warm_start
 
         model_dir = Path(args.model_dir or out / "warmstart")
         warm = warm_start("arithmetic", model_dir, seed=args.seed, difficulty=args.difficulty,

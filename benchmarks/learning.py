@@ -35,7 +35,7 @@ from rlsd.config import algorithm_variant  # noqa: E402
 from rlsd.quickstart import quickstart_run, self_teacher_accuracy  # noqa: E402
 from rlsd.report import load_metrics, series  # noqa: E402
 from rlsd.run import train  # noqa: E402
-from rlsd.tasks.warmstart import load_result, warm_start  # noqa: E402
+from rlsd.app.warmstart import load_result, warm_start  # noqa: E402
 
 ABLATIONS = {
     "rlsd": {},

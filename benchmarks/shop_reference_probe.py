@@ -15,7 +15,7 @@ import time
 
 import rlsd.evaluate as evaluation
 from rlsd.quickstart import AGENT_THREADS, AGENT_WARM_START, PRIVILEGED_FIELDS, WARM_START_PRIVILEGED_FRACTION
-from rlsd.tasks.warmstart import warm_start
+from rlsd.app.warmstart import warm_start
 from rlsd.teacher import with_reference
 
 

@@ -8,7 +8,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlsd.tasks.warmstart import RESULT_FILE, load_result, warm_start  # noqa: E402
+from rlsd.app.warmstart import RESULT_FILE, load_result, warm_start  # noqa: E402
 
 TINY = dict(
     max_steps=6, eval_every=4, num_train_rows=64, num_eval_rows=4, hidden_size=32, num_layers=1, num_heads=2,

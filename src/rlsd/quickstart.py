@@ -16,7 +16,7 @@ from .progress import CompactProgressCallback
 from .report import markdown_table, report
 from .run import check_output_dir, train
 from .tasks import get_task
-from .tasks.warmstart import _deterministic, _torch_threads, warm_start
+from .app.warmstart import _deterministic, _torch_threads, warm_start
 from .teacher import with_reference
 
 QUICKSTART_ALGORITHMS = ("rlsd", "grpo")

@@ -26,10 +26,10 @@ from .. import tasks as registry
 from ..agent_rollout import sft_example
 from ..evaluate import evaluate, render_prompt
 from ..teacher import with_reference
-from .base import Task
-from .tiny import build_char_tokenizer, build_tiny_model
-from .tiny_tools import build_tool_tokenizer
-from .tiny_vlm import build_tiny_llava, build_tiny_llava_processor
+from ..tasks.base import Task
+from ..tasks.tiny import build_char_tokenizer, build_tiny_model
+from ..tasks.tiny_tools import build_tool_tokenizer
+from ..tasks.tiny_vlm import build_tiny_llava, build_tiny_llava_processor
 
 logger = logging.getLogger(__name__)
 
