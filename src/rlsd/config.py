@@ -196,12 +196,48 @@ class RLSDConfig(GRPOConfig):
                                      f"got algorithm={self.algorithm!r}")
         if self.teacher_max_prompt_length is not None and self.teacher_max_prompt_length < 1:
             fail("teacher_max_prompt_length", f"must be positive, got {self.teacher_max_prompt_length}")
+        _refuse_surrogate_options(self, fail)
+
+    @property
+    def trains_on_divergence_only(self) -> bool:
+        """Whether the loss is the full-vocabulary distillation divergence alone (TRL's surrogate never runs):
+        opsd/opd, or pure sdpo (sdpo_lambda=0), unless `distill_divergence="sampled_token"`."""
+        if self.distill_divergence == "sampled_token":
+            return False
+        return self.algorithm in ("opsd", "opd") or (self.algorithm == "sdpo" and self.sdpo_lambda == 0.0)
 
     @property
     def uses_privileged_teacher(self) -> bool:
         """Whether the teacher pass needs the privileged dataset columns."""
         return self.algorithm in ("rlsd", "opsd", "grpo+opsd") or (
             self.algorithm == "opd" and self.opd_teacher_sees_privileged)
+
+
+# GRPOConfig options that only TRL's surrogate loss reads: (is it set?, what it would have done).
+SURROGATE_OPTIONS = {
+    "beta": (lambda v: v not in (None, 0.0), "TRL adds its KL-to-reference term to that loss"),
+    "loss_type": (lambda v: v not in (None, GRPOConfig.loss_type), "it selects how that loss is aggregated"),
+    "importance_sampling_level": (lambda v: v not in (None, "token"), "it sets that loss's importance ratio"),
+    "top_entropy_quantile": (lambda v: v is not None and v < 1.0, "it masks that loss's low-entropy tokens"),
+    "entropy_coef": (lambda v: v not in (None, 0.0), "TRL adds its entropy bonus to that loss"),
+    "use_adaptive_entropy": (bool, "TRL adds its entropy bonus to that loss"),
+    "off_policy_mask_threshold": (lambda v: v is not None, "it masks sequences in that loss"),
+    "delta": (lambda v: v is not None, "it clips that loss's ratio"),
+}
+
+
+def _refuse_surrogate_options(args, fail) -> None:
+    """One clear error for a TRL loss option under an algorithm whose loss never runs TRL's surrogate."""
+    if not args.trains_on_divergence_only:
+        return
+    which = f"algorithm={args.algorithm!r}" + (" with sdpo_lambda=0" if args.algorithm == "sdpo" else "")
+    for name, (is_set, effect) in SURROGATE_OPTIONS.items():
+        value = getattr(args, name, None)
+        if is_set(value):
+            fail(name, f"{value!r} has no effect: {which} and distill_divergence={args.distill_divergence!r} "
+                       f"train on the distillation divergence alone, not TRL's surrogate loss, and {effect}; unset it, "
+                       f"or use distill_divergence='sampled_token' (the teacher signal as token advantages in TRL's "
+                       f"loss, where every option applies)")
 
 
 def _bf16_available() -> bool:
