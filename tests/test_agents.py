@@ -86,7 +86,7 @@ def test_tool_result_tokens_get_no_learning_signal(tool_model_dir, tiny_teacher_
     assert per_token[tool_tokens.bool()].abs().max() == 0, f"{algorithm}: tool results got a learning signal"
     assert per_token[agent_tokens.bool()].abs().max() > 0, f"{algorithm}: the agent's own tokens got none"
     if algorithm == "rlsd":  # its (B, T) token advantages themselves, not only TRL's masked loss
-        token_adv = trainer._token_advantages(batch, torch.zeros_like(batch["teacher_per_token_logps"]))
+        token_adv = trainer.algorithm.token_advantages(trainer.teacher_pass, batch, torch.zeros_like(batch["teacher_per_token_logps"]))
         assert token_adv[tool_tokens.bool()].abs().max() == 0 and token_adv[agent_tokens.bool()].abs().max() > 0
 
 

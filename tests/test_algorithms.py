@@ -113,7 +113,7 @@ def test_sdpo_groups_without_success_fall_back_to_the_reference_else_grpo_only(t
     assert batch["teacher_rows"].tolist() == [0.0] + [1.0] * 3 + [0.0] * 4
     assert torch.equal(batch["teacher_per_token_logps"][4:], torch.zeros_like(batch["teacher_per_token_logps"][4:]))
     old = torch.randn(batch["completion_ids"].shape)
-    token_adv = trainer._token_advantages(batch, old)
+    token_adv = trainer.algorithm.token_advantages(trainer.teacher_pass, batch, old)
     mask = batch["completion_mask"].float()
     expected = 0.3 * batch["advantages"][4:].unsqueeze(1) * mask[4:]
     assert torch.equal(token_adv[4:], expected), "rows without a teacher carry only lambda * A_GRPO"
@@ -204,13 +204,13 @@ def test_rlsd_contrast_scores_each_completion_under_another_rows_answer(tiny_mod
     trainer.model.train()
     rows = generation_batch(trainer, dataset)
     seen = []
-    original = trainer._teacher_logps
+    original = trainer.teacher_pass.logps
 
-    def spy(ids, mask, output):
+    def spy(ids, mask, output, **kwargs):
         seen.append([trainer.processing_class.decode(i[m.bool()]) for i, m in zip(ids, mask)])
-        return original(ids, mask, output)
+        return original(ids, mask, output, **kwargs)
 
-    trainer._teacher_logps = spy
+    trainer.teacher_pass.logps = spy
     batch = trainer._generate_and_score_completions(rows)
     right, wrong = seen
     shown = [[re.search(r"do not copy\): (\S+?)<", p).group(1) for p in pass_] for pass_ in (right, wrong)]
@@ -220,7 +220,7 @@ def test_rlsd_contrast_scores_each_completion_under_another_rows_answer(tiny_mod
         assert row["prompt"][0]["content"] in wrong[i]
     assert batch["contrast_rows"].tolist() == [1.0] * 8
     old = torch.randn(batch["completion_ids"].shape)
-    token_adv = trainer._token_advantages(batch, old)
+    token_adv = trainer.algorithm.token_advantages(trainer.teacher_pass, batch, old)
     mask = batch["completion_mask"]
     expected, _ = credit.rlsd_token_advantages(batch["sequence_advantages"], batch["teacher_per_token_logps"],
                                                batch["teacher_wrong_per_token_logps"], mask)
@@ -296,7 +296,7 @@ def test_blended_token_advantages_mix_as_documented():
     mask = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     out = credit.blended_token_advantages(advantages, q, b, mask, torch.tensor([1.0, 0.0]), 0.25, 0.75)
     assert torch.equal(out, torch.tensor([[0.25 + 0.75 * 0.5, 0.0], [-0.5, -0.5]]))
-    assert blend.loss.__doc__ and sdpo.loss_weights.__doc__
+    assert blend.BlendedDistillation.loss.__doc__ and sdpo.SDPO.loss_weights.__doc__
 
 
 # ---- rlsd compare ---------------------------------------------------------------------------------------------------
@@ -336,8 +336,8 @@ def test_full_vocabulary_contrast_distils_nothing_when_the_wrong_reference_is_th
     loss_contrast, _ = loss_and_grads(trainer, batch)
     assert loss_contrast > 1e-7
 
-    monkeypatch.setattr(contrast, "_wrong_reference_prompts", lambda tr, inputs: [
-        (teacher.teacher_prompt(r["prompt"], r, tr.args.teacher_template), r) for r in inputs])
+    monkeypatch.setattr(contrast, "wrong_reference_prompts", lambda rows, fields, template, *_: [
+        (teacher.teacher_prompt(r["prompt"], r, template), r) for r in rows])
     torch.manual_seed(0)
     same = trainer._generate_and_score_completions(rows)
     loss_same, grads = loss_and_grads(trainer, same)

@@ -58,7 +58,6 @@ def test_shared_prefix_teacher_logps_equal_the_unshared_pass(tiny_model_dir, tin
                     teacher_dir=tiny_teacher_dir if algorithm == "opd" else None, **extra)
     calls = []
     original = teacher_pass.shared_prefix_logps
-    trainer_module = __import__("rlsd.trainer", fromlist=["teacher_pass"])
     rows, batch = batch_of(trainer)
     teacher_ids, teacher_mask = trainer._teacher_prompt_tensors(rows, batch)
     assert (teacher_mask == 0).any(dim=1).any() and not (teacher_mask == 0).any(dim=1).all(), "mixed left padding"
@@ -67,14 +66,15 @@ def test_shared_prefix_teacher_logps_equal_the_unshared_pass(tiny_model_dir, tin
         calls.append(args[1].size(0))
         return original(*args, **kwargs)
 
-    trainer_module.teacher_pass.shared_prefix_logps = spy
+    scored = trainer.algorithm.rows_to_score(trainer.teacher_pass, batch)  # RLSD: rows with A != 0
+    teacher_pass.shared_prefix_logps = spy
     try:
-        shared = trainer._teacher_logps(teacher_ids, teacher_mask, batch)
+        shared = trainer.teacher_pass.logps(teacher_ids, teacher_mask, batch, rows=scored)
     finally:
-        trainer_module.teacher_pass.shared_prefix_logps = original
+        teacher_pass.shared_prefix_logps = original
     assert calls, "the shared-prefix pass ran"
     trainer.args.teacher_share_prefix = False
-    plain = trainer._teacher_logps(teacher_ids, teacher_mask, batch)
+    plain = trainer.teacher_pass.logps(teacher_ids, teacher_mask, batch, rows=scored)
     skipped = batch["advantages"] == 0
     if algorithm == "rlsd":
         assert skipped[:2].all() and not skipped[2:].all(), "the solved group is skipped, others scored"
@@ -90,9 +90,9 @@ def test_shared_prefix_full_vocab_distillation_loss_equals_the_unshared_one(tiny
     _, batch = batch_of(trainer)
     trainer.current_gradient_accumulation_steps = 1
     with torch.no_grad():
-        shared = trainer._distillation_loss(trainer.model, batch)
+        shared = trainer._compute_loss(trainer.model, batch)
         trainer.args.teacher_share_prefix = False
-        plain = trainer._distillation_loss(trainer.model, batch)
+        plain = trainer._compute_loss(trainer.model, batch)
     assert shared.item() > 0
     torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-6)
 
@@ -116,24 +116,23 @@ def test_fallback_where_sharing_cannot_apply(tiny_model_dir, tmp_path):
 
     # In the trainer: multimodal rows never take the shared pass ...
     rows, batch = batch_of(trainer)
-    assert trainer._shares_teacher_prefix(model, batch)
+    assert trainer.teacher_pass.shares_prefix(model, batch)
     for key in ("pixel_values", "image_grid_thw", "teacher_mm_token_type_ids"):
-        assert not trainer._shares_teacher_prefix(model, {**batch, key: torch.ones(1, 3)}), key
+        assert not trainer.teacher_pass.shares_prefix(model, {**batch, key: torch.ones(1, 3)}), key
     # ... and wherever a blocker is named, the plain pass runs and gives the same numbers.
     teacher_ids, teacher_mask = trainer._teacher_prompt_tensors(rows, batch)
-    expected = trainer._teacher_logps(teacher_ids, teacher_mask, batch)
-    trainer_module = __import__("rlsd.trainer", fromlist=["teacher_pass"])
-    original = (trainer_module.teacher_pass.shared_prefix_logps, trainer_module.teacher_pass.share_prefix_blocker)
+    expected = trainer.teacher_pass.logps(teacher_ids, teacher_mask, batch)
+    original = (teacher_pass.shared_prefix_logps, teacher_pass.share_prefix_blocker)
 
     def refuse(*args, **kwargs):
         raise AssertionError("shared pass used although a blocker was named")
 
-    trainer_module.teacher_pass.shared_prefix_logps = refuse
-    trainer_module.teacher_pass.share_prefix_blocker = lambda *args, **kwargs: "no cache support"
+    teacher_pass.shared_prefix_logps = refuse
+    teacher_pass.share_prefix_blocker = lambda *args, **kwargs: "no cache support"
     try:
-        got = trainer._teacher_logps(teacher_ids, teacher_mask, batch)
+        got = trainer.teacher_pass.logps(teacher_ids, teacher_mask, batch)
     finally:
-        trainer_module.teacher_pass.shared_prefix_logps, trainer_module.teacher_pass.share_prefix_blocker = original
+        teacher_pass.shared_prefix_logps, teacher_pass.share_prefix_blocker = original
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 

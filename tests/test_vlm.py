@@ -136,7 +136,8 @@ def test_teacher_logps_equal_a_direct_call_on_teacher_prompt_with_image(family, 
     trainer.model.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append((kwargs["input_ids"], kwargs.get("pixel_values"))), with_kwargs=True)
     teacher_ids, teacher_mask = trainer._teacher_prompt_tensors(rows, dict(batch))
-    trainer._teacher_logps(teacher_ids, teacher_mask, batch)
+    trainer.teacher_pass.logps(teacher_ids, teacher_mask, batch,
+                               rows=trainer.algorithm.rows_to_score(trainer.teacher_pass, batch))
     assert len(seen) == 1 and seen[0][0].size(0) == 4
     pixels = seen[0][1]
     assert pixels is not None
@@ -299,7 +300,7 @@ def test_teacher_prompt_cut_to_length_keeps_m_rope_fields_aligned_with_image_tok
     with torch.no_grad():
         batch = trainer._generate_and_score_completions(rows)
     ids, mask = trainer._teacher_prompt_tensors(rows, batch)
-    uncut, _ = trainer._encode_teacher_prompts(
+    uncut, _ = trainer.teacher_pass.encode_unpadded(
         [teacher.teacher_prompt(r["prompt"], r, trainer.args.teacher_template) for r in rows], [[r["image"]] for r in rows])
     assert min(len(u) for u in uncut) > 130 >= int(mask.sum(1).max()), "the privileged text was cut to fit"
     image_token = trainer.model.config.image_token_id

@@ -240,7 +240,7 @@ def teacher_rows(trainer, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not is_agent_run(trainer) or prompts is None:
         return inputs
     environments = getattr(trainer, "environments", None) or [None] * len(inputs)
-    fields = trainer.args.privileged_fields if trainer.args.uses_privileged_teacher else []
+    fields = trainer.args.privileged_columns
     rows = []
     for number, (row, prompt, environment) in enumerate(zip(inputs, prompts, environments, strict=True)):
         row = {**row, "prompt": prompt}

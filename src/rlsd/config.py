@@ -6,35 +6,18 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .algorithms import (BUILTIN_ALGORITHMS, CONTRAST_SUFFIX, algorithm_variant, contrast_algorithms, get_algorithm,
+                         validate_algorithm_config)
+from .algorithms.contrast import TEACHER_CONTRASTS
+from .algorithms.rlsd import LAMBDA_SCHEDULES
 from .teacher import DEFAULT_LEAKAGE_PATTERNS, default_template, template_fields
 
-ALGORITHMS = ("rlsd", "grpo", "opsd", "opd", "sdpo", "grpo+opsd")
+# Built-in algorithms (a user's own class is named by 'file.py:Class' or 'module:Class', see rlsd.algorithms).
+ALGORITHMS = tuple(cls.name for cls in BUILTIN_ALGORITHMS)
 TEACHER_MODES = ("live", "ema", "base", "snapshot")
-LAMBDA_SCHEDULES = ("constant", "linear_decay")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "sampled_token")
-TEACHER_CONTRASTS = ("none", "wrong_reference")
 # Algorithms whose teacher is the model itself shown a reference: the ones a wrong reference can be contrasted with.
-CONTRAST_ALGORITHMS = ("rlsd", "opsd", "sdpo", "grpo+opsd")
-
-
-CONTRAST_SUFFIX = "+contrast"
-
-
-def algorithm_variant(name: str) -> tuple[str, dict]:
-    """`rlsd compare` / benchmark names: an algorithm, or one with `+contrast` (teacher_contrast=wrong_reference).
-
-    Returns (algorithm, extra RLSDConfig fields); ValueError naming the choices for anything else.
-    """
-    name = name.strip()
-    base, extra = name, {}
-    if name.endswith(CONTRAST_SUFFIX):
-        base, extra = name[: -len(CONTRAST_SUFFIX)], {"teacher_contrast": "wrong_reference"}
-        if base not in CONTRAST_ALGORITHMS:
-            raise ValueError(f"{name!r}: {CONTRAST_SUFFIX} needs one of {', '.join(CONTRAST_ALGORITHMS)}")
-    if base not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)} "
-                         f"(or X{CONTRAST_SUFFIX} for X in {', '.join(CONTRAST_ALGORITHMS)})")
-    return base, extra
+CONTRAST_ALGORITHMS = contrast_algorithms()
 
 
 @dataclass
@@ -45,7 +28,9 @@ class RLSDConfig(GRPOConfig):
         "opsd" (self-distillation from the privileged teacher), "opd"
         (distillation from an external `teacher_model`), "sdpo" (self-distillation
         from a successful peer rollout, `rlsd.algorithms.sdpo`), "grpo+opsd" (GRPO
-        loss + `opsd_coef` x the OPSD divergence, `rlsd.algorithms.grpo_opsd`).
+        loss + `opsd_coef` x the OPSD divergence, `rlsd.algorithms.grpo_opsd`), any
+        name given to `rlsd.register_algorithm`, or your own class as
+        "path/to/my_method.py:MyMethod" / "package.module:MyMethod" (docs/new-method.md).
     rlsd_lambda, rlsd_lambda_schedule, rlsd_lambda_decay_steps, rlsd_eps_w: SPEC.md's
         lambda (teacher weight), its schedule and the token-weight clip range.
     teacher_mode: "live" current weights, "ema" exponential moving average,
@@ -59,7 +44,8 @@ class RLSDConfig(GRPOConfig):
         privileged text and how (`{prompt}`, `{answer}`, `{solution}`, any column).
     """
 
-    algorithm: str = field(default="rlsd", metadata={"help": f"One of {ALGORITHMS}."})
+    algorithm: str = field(
+        default="rlsd", metadata={"help": f"One of {ALGORITHMS}, a registered name, or 'my_method.py:MyMethod'."})
     rlsd_lambda: float = field(default=1.0, metadata={"help": "Weight of the teacher magnitude, in [0, 1]."})
     rlsd_lambda_schedule: str = field(default="constant", metadata={"help": f"One of {LAMBDA_SCHEDULES}."})
     rlsd_lambda_decay_steps: int | None = field(
@@ -136,18 +122,13 @@ class RLSDConfig(GRPOConfig):
         def fail(name: str, message: str):
             raise ValueError(f"RLSDConfig.{name}: {message}")
 
-        if self.algorithm not in ALGORITHMS:
-            fail("algorithm", f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if not 0.0 <= self.rlsd_lambda <= 1.0:
-            fail("rlsd_lambda", f"must be in [0, 1], got {self.rlsd_lambda}")
-        if self.rlsd_lambda_schedule not in LAMBDA_SCHEDULES:
-            fail("rlsd_lambda_schedule", f"must be one of {LAMBDA_SCHEDULES}, got {self.rlsd_lambda_schedule!r}")
-        if self.rlsd_lambda_decay_steps is not None and self.rlsd_lambda_decay_steps <= 0:
-            fail("rlsd_lambda_decay_steps", f"must be positive, got {self.rlsd_lambda_decay_steps}")
-        if not 0.0 < self.rlsd_eps_w < 1.0:
-            fail("rlsd_eps_w", f"must be in (0, 1), got {self.rlsd_eps_w}")
+        try:
+            algorithm = get_algorithm(self.algorithm)
+        except ValueError as err:
+            message = str(err).removeprefix("RLSDConfig.algorithm: ")
+            fail("algorithm", message)
         if self.teacher_mode is None:
-            self.teacher_mode = "ema" if self.algorithm == "sdpo" else "live"
+            self.teacher_mode = algorithm.default_teacher_mode
         if self.teacher_mode not in TEACHER_MODES:
             fail("teacher_mode", f"must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")
         if not 0.0 < self.teacher_ema_rate <= 1.0:
@@ -172,45 +153,30 @@ class RLSDConfig(GRPOConfig):
             fail("distill_jsd_beta", f"must be in (0, 1), got {self.distill_jsd_beta}")
         if self.opsd_token_clip is not None and self.opsd_token_clip <= 0:
             fail("opsd_token_clip", f"must be positive, got {self.opsd_token_clip}")
-        if self.algorithm == "opd" and not self.teacher_model:
-            fail("teacher_model", "algorithm='opd' needs an external teacher model (hub id or local path)")
         if self.distill_top_k is not None and (isinstance(self.distill_top_k, bool) or self.distill_top_k < 1):
             fail("distill_top_k", f"must be a positive integer or None, got {self.distill_top_k!r}")
         if self.distill_top_k is not None and self.distill_divergence == "sampled_token":
             fail("distill_top_k", "has no effect with distill_divergence='sampled_token'; unset one of them")
-        if not self.opsd_coef >= 0.0:
-            fail("opsd_coef", f"must be >= 0, got {self.opsd_coef}")
-        if not 0.0 <= self.sdpo_lambda <= 1.0:
-            fail("sdpo_lambda", f"must be in [0, 1], got {self.sdpo_lambda}")
-        if self.sdpo_feedback_column is not None and not str(self.sdpo_feedback_column).strip():
-            fail("sdpo_feedback_column", "must name a dataset column or be None")
-        if self.sdpo_template is not None:
-            names = set(template_fields(self.sdpo_template))
-            if not {"prompt", "demonstration"} <= names or not names <= {"prompt", "demonstration", "feedback"}:
-                fail("sdpo_template", "needs {prompt} and {demonstration}, and may use only {feedback} besides; "
-                                      f"got fields {sorted(names)}")
-        if self.teacher_contrast not in TEACHER_CONTRASTS:
-            fail("teacher_contrast", f"must be one of {TEACHER_CONTRASTS}, got {self.teacher_contrast!r}")
-        if self.teacher_contrast != "none" and self.algorithm not in CONTRAST_ALGORITHMS:
-            fail("teacher_contrast", f"needs a self-teacher shown a reference (algorithm in {CONTRAST_ALGORITHMS}), "
-                                     f"got algorithm={self.algorithm!r}")
         if self.teacher_max_prompt_length is not None and self.teacher_max_prompt_length < 1:
             fail("teacher_max_prompt_length", f"must be positive, got {self.teacher_max_prompt_length}")
+        validate_algorithm_config(self)  # the algorithm's own fields and what it supports (e.g. teacher_contrast)
         _refuse_surrogate_options(self, fail)
 
     @property
     def trains_on_divergence_only(self) -> bool:
         """Whether the loss is the full-vocabulary distillation divergence alone (TRL's surrogate never runs):
         opsd/opd, or pure sdpo (sdpo_lambda=0), unless `distill_divergence="sampled_token"`."""
-        if self.distill_divergence == "sampled_token":
-            return False
-        return self.algorithm in ("opsd", "opd") or (self.algorithm == "sdpo" and self.sdpo_lambda == 0.0)
+        return get_algorithm(self.algorithm).divergence_only(self) is not None
 
     @property
     def uses_privileged_teacher(self) -> bool:
         """Whether the teacher pass needs the privileged dataset columns."""
-        return self.algorithm in ("rlsd", "opsd", "grpo+opsd") or (
-            self.algorithm == "opd" and self.opd_teacher_sees_privileged)
+        return bool(self.privileged_columns)
+
+    @property
+    def privileged_columns(self) -> list[str]:
+        """The dataset columns this algorithm's teacher pass reads (checked up front)."""
+        return get_algorithm(self.algorithm).privileged_fields(self)
 
 
 # GRPOConfig options that only TRL's surrogate loss reads: (is it set?, what it would have done).
@@ -228,9 +194,9 @@ SURROGATE_OPTIONS = {
 
 def _refuse_surrogate_options(args, fail) -> None:
     """One clear error for a TRL loss option under an algorithm whose loss never runs TRL's surrogate."""
-    if not args.trains_on_divergence_only:
+    which = get_algorithm(args.algorithm).divergence_only(args)
+    if which is None:
         return
-    which = f"algorithm={args.algorithm!r}" + (" with sdpo_lambda=0" if args.algorithm == "sdpo" else "")
     for name, (is_set, effect) in SURROGATE_OPTIONS.items():
         value = getattr(args, name, None)
         if is_set(value):
@@ -381,3 +347,8 @@ def load_run_config(path: str | None, overrides: list[str] | None = None) -> dic
     field_types = typing.get_type_hints(RLSDConfig)
     run["training"] = {key: _coerce(key, value, field_types) for key, value in training.items()}
     return run
+
+
+__all__ = ["ALGORITHMS", "CONTRAST_ALGORITHMS", "CONTRAST_SUFFIX", "DIVERGENCES", "LAMBDA_SCHEDULES", "RLSDConfig",
+           "RUN_KEYS", "TEACHER_CONTRASTS", "TEACHER_MODES", "algorithm_variant", "config_field_names",
+           "load_run_config"]

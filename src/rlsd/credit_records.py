@@ -12,7 +12,7 @@ generation batch and writes one JSON line per group:
 ```
 
 `signals` is a dict of named per-token arrays, one value per entry of `tokens`. An algorithm fills it through
-one trainer call, `RLSDTrainer._record_credit(inputs, {"name": (B, T) tensor, ...}, color=..., center=...)`,
+one call, `TeacherPass.record_credit(inputs, {"name": (B, T) tensor, ...}, color=..., center=...)`,
 from wherever it has the numbers (loss time: s_old is only known there for on-policy steps); `color` names
 the signal the page colours tokens by and `center` its neutral value (1.0 for a weight, 0.0 for a signed
 signal). Rows whose teacher pass was skipped (RLSD with A = 0) carry no signals.

@@ -126,30 +126,25 @@ def model_kwargs(batch: dict[str, Any], token_fields: dict[str, torch.Tensor] | 
     return kwargs
 
 
-def teacher_forward_fields(batch: dict[str, Any]) -> dict[str, Any]:
+def teacher_forward_fields(batch: dict[str, Any], prefix: str = TEACHER_PREFIX) -> dict[str, Any]:
     """The multimodal fields of the teacher's forward over every row of `batch`.
 
     The student's image fields and counts (same images); the teacher prompt's per-token fields stored under
-    `teacher_<name>` when the teacher has its own prompt, else the student's (OPD: same prompt).
+    `<prefix><name>` when the teacher has its own prompt, else the student's (OPD: same prompt).
     """
     fields = {k: batch[k] for k in IMAGE_FIELDS + COUNT_FIELDS if batch.get(k) is not None}
-    own = {k: batch[TEACHER_PREFIX + k] for k in TOKEN_FIELDS if batch.get(TEACHER_PREFIX + k) is not None}
+    own = {k: batch[prefix + k] for k in TOKEN_FIELDS if batch.get(prefix + k) is not None}
     fields.update(own or {k: batch[k] for k in TOKEN_FIELDS if batch.get(k) is not None})
     return fields
 
 
-def check_supported(args, dataset, name: str) -> None:
-    """Image rows work with every algorithm except those whose teacher context is built from other rollouts
-    or wrong references (SDPO, `teacher_contrast`): refuse them up front with the config field to change."""
+def has_image_column(dataset) -> bool:
+    """Whether a dataset (or a dict of them) has an `image` or `images` column."""
+    if dataset is None:
+        return False
     datasets = dataset.values() if isinstance(dataset, dict) else [dataset]
     columns = {c for ds in datasets if ds is not None for c in (getattr(ds, "column_names", None) or [])}
-    if not columns & {"image", "images"}:
-        return
-    if args.algorithm == "sdpo":
-        raise ValueError(f"RLSDConfig.algorithm='sdpo' does not support image rows yet ({name} has an image column)")
-    if getattr(args, "teacher_contrast", "none") != "none":
-        raise ValueError(f"RLSDConfig.teacher_contrast={args.teacher_contrast!r} does not support image rows yet "
-                         f"({name} has an image column)")
+    return bool(columns & {"image", "images"})
 
 
 def reload_renamed_weights(model, checkpoint: str) -> bool:
@@ -177,4 +172,4 @@ def reload_renamed_weights(model, checkpoint: str) -> bool:
 
 
 __all__ = ["row_images", "teacher_prompt_inputs", "pad_token_fields", "select_rows",
-           "model_kwargs", "teacher_forward_fields", "check_supported", "reload_renamed_weights"]
+           "model_kwargs", "teacher_forward_fields", "has_image_column", "reload_renamed_weights"]

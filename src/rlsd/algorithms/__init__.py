@@ -1,28 +1,31 @@
-"""Per-algorithm teacher contexts and losses; `RLSDTrainer` only dispatches here.
+"""Algorithms as plug-ins: one module per method behind a registry; the trainer only dispatches here.
 
-- `sdpo`: the self-teacher re-prompted with a successful peer rollout (SDPO, arXiv 2601.20802).
-- `grpo_opsd`: TRL's GRPO loss plus `opsd_coef` x the OPSD divergence.
-- `blend`: the policy + distillation mix those two share (sampled-token and full-vocabulary forms).
-- `contrast`: a second teacher pass under a wrong reference (`teacher_contrast="wrong_reference"`).
-- `common`: tokenising and padding teacher prompts.
-
-RLSD, GRPO, OPSD and OPD live in `trainer.py` and `credit.py`.
+- `base.Algorithm`: what differs between methods (teacher prompt per row, rows to score, token advantages or
+  the loss, metrics, own-field validation, capabilities). `registry`: names -> classes, user classes by path.
+- One module per method: `grpo`, `rlsd`, `opsd`, `opd`, `sdpo` (self-distillation from a successful peer
+  rollout, arXiv 2601.20802), `grpo_opsd` (registered as "grpo+opsd").
+- `blend`: the policy + distillation mix SDPO and GRPO+OPSD share; `contrast`: the wrong-reference teacher
+  evidence any method with `supports_contrast` can use (`teacher_contrast="wrong_reference"`).
+A new method, yours included, is one class: see docs/new-method.md.
 """
 
 from __future__ import annotations
 
-BLENDED_ALGORITHMS = ("sdpo", "grpo+opsd")
+from .base import Algorithm, PolicyLoss, config_error
+from .grpo import GRPO
+from .grpo_opsd import GRPOOPSD
+from .opd import OPD
+from .opsd import OPSD
+from .registry import (CONTRAST_SUFFIX, algorithm_names, algorithm_variant, build_algorithm, contrast_algorithms,
+                       display_name, get_algorithm, register_algorithm, validate_algorithm_config)
+from .rlsd import RLSD
+from .sdpo import SDPO
 
+BUILTIN_ALGORITHMS = (RLSD, GRPO, OPSD, OPD, SDPO, GRPOOPSD)
+for _cls in BUILTIN_ALGORITHMS:
+    register_algorithm(_cls)
 
-def loss_weights(args) -> tuple[float, float]:
-    """(policy weight, distillation weight) of a blended algorithm's loss/advantage."""
-    from . import grpo_opsd, sdpo
-
-    if args.algorithm == "sdpo":
-        return sdpo.loss_weights(args)
-    if args.algorithm == "grpo+opsd":
-        return grpo_opsd.loss_weights(args)
-    raise ValueError(f"algorithm {args.algorithm!r} does not blend a policy loss with distillation")
-
-
-__all__ = ["BLENDED_ALGORITHMS", "loss_weights"]
+__all__ = ["Algorithm", "BUILTIN_ALGORITHMS", "CONTRAST_SUFFIX", "GRPO", "GRPOOPSD", "OPD", "OPSD", "PolicyLoss",
+           "RLSD", "SDPO", "algorithm_names", "algorithm_variant", "build_algorithm", "config_error",
+           "contrast_algorithms", "display_name", "get_algorithm", "register_algorithm",
+           "validate_algorithm_config"]

@@ -10,20 +10,25 @@ group's demonstration (SDPO), chosen from the batch with a different answer, nev
   `softmax(log pi_student + log pi_right - log pi_wrong)` (`credit.contrastive_target_logits`).
 A row for which the batch holds no wrong reference (every answer equal) keeps the plain signal; the share of
 rows that got one is logged as `contrast/rows_frac`, the second pass's time as `teacher/contrast_time_frac`.
+Image rows: the wrong prompt is the row's own prompt and images with another row's reference text.
+
+Any algorithm with `supports_contrast` gets it: `Algorithm.score` calls `WrongReference.add_wrong_reference`,
+`Algorithm.baseline_logps` reads q_wrong, and a full-vocabulary loss calls `target_logits`. An algorithm that
+builds its own wrong contexts (SDPO: another group's demonstration) overrides `Algorithm.wrong_prompts`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .. import credit, teacher
-from .common import encode_prompts
+from ..teacher_scoring import TeacherPass
 
-WRONG_PROMPTS_KEY = "_wrong_teacher_prompts"  # set by an algorithm that builds its own wrong contexts (SDPO)
+TEACHER_CONTRASTS = ("none", "wrong_reference")
+WRONG_KEY = "teacher_wrong"  # batch keys of the wrong-reference prompts: teacher_wrong_prompt_ids, ...
 
 
 def wrong_reference_indices(keys: Sequence[Hashable | None], group_size: int, first_index: int = 0
@@ -59,59 +64,93 @@ def reference_key(row: dict[str, Any], fields: Sequence[str]) -> Hashable | None
     return values if any(values) else None
 
 
-def _wrong_reference_prompts(trainer, inputs: list[dict[str, Any]]) -> list[tuple[Any, dict] | None]:
-    args = trainer.args
-    first = trainer.accelerator.process_index * len(inputs)
-    group_size = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
-    partners = wrong_reference_indices([reference_key(r, args.privileged_fields) for r in inputs], group_size, first)
+def wrong_reference_prompts(rows: Sequence[Mapping[str, Any]], fields: Sequence[str], template: str,
+                            group_size: int, first_index: int = 0) -> list[tuple[Any, dict] | None]:
+    """Each row's teacher prompt with another group's privileged fields (a different answer), or None.
+
+    Returns (prompt, the row it was rendered from) per row: the row's own prompt and images, the partner's
+    `fields`.
+    """
+    partners = wrong_reference_indices([reference_key(r, fields) for r in rows], group_size, first_index)
     prompts: list[tuple[Any, dict] | None] = []
-    for row, j in zip(inputs, partners, strict=True):
+    for row, j in zip(rows, partners, strict=True):
         if j is None:
             prompts.append(None)
             continue
-        wrong_row = {**row, **{f: inputs[j].get(f) for f in args.privileged_fields}}
-        prompts.append((teacher.teacher_prompt(row["prompt"], wrong_row, args.teacher_template), wrong_row))
+        wrong_row = {**row, **{f: rows[j].get(f) for f in fields}}
+        prompts.append((teacher.teacher_prompt(row["prompt"], wrong_row, template), wrong_row))
     return prompts
 
 
-def add_wrong_reference(trainer, inputs: list[dict[str, Any]], output: dict[str, Any],
-                        right_ids: torch.Tensor, right_mask: torch.Tensor) -> None:
-    """Second teacher pass under a wrong reference; fills `output` for the loss and times itself.
+class WrongReference:
+    """`teacher_contrast="wrong_reference"`: the second teacher pass and how its scores enter the signal."""
 
-    Sets `contrast_rows` (B,) and either `teacher_wrong_per_token_logps` (B, T) or, for full-vocabulary
-    distillation (recomputed per micro-batch in the loss), `teacher_wrong_prompt_ids` / `_mask`.
-    """
-    start = time.perf_counter()
-    wrong = output.pop(WRONG_PROMPTS_KEY, None)
-    if wrong is None:
-        wrong = _wrong_reference_prompts(trainer, inputs)
-    has_wrong = [w is not None for w in wrong]
-    if any(has_wrong):
-        # Rows without a wrong reference are scored under any prompt (their result is never used): one batch.
-        placeholder = next(w for w in wrong if w is not None)
-        filled = [w if w is not None else placeholder for w in wrong]
-        fields, template = None, None  # the teacher's own template and privileged fields
-        if trainer.args.algorithm == "sdpo":
-            from .sdpo import SDPO_TEMPLATE
+    supports_images = False  # the wrong prompt's image tokens: see `Algorithm.unsupported`
 
-            fields, template = ("demonstration",), trainer.args.sdpo_template or SDPO_TEMPLATE
-        ids, mask = encode_prompts(trainer, [p for p, _ in filled], [r for _, r in filled], fields=fields,
-                                   template=template)
-    else:
-        ids, mask = right_ids, right_mask  # nothing to contrast: placeholders, never used
-    rows = torch.tensor(has_wrong, dtype=torch.float32, device=output["completion_ids"].device)
-    output["contrast_rows"] = rows
-    if trainer._distills_full_vocab:
-        output["teacher_wrong_prompt_ids"], output["teacher_wrong_prompt_mask"] = ids, mask
-    elif any(has_wrong):
-        output["teacher_wrong_per_token_logps"] = trainer._teacher_logps(ids, mask, output)
-    else:
-        output["teacher_wrong_per_token_logps"] = torch.zeros_like(output["completion_ids"], dtype=torch.float32)
-    trainer._log_mean("contrast/rows_frac", rows.mean())
-    trainer._contrast_seconds += time.perf_counter() - start
+    def __init__(self, args):
+        self.args = args
+
+    def add_wrong_reference(self, teacher_pass: TeacherPass, algorithm, rows: list[dict[str, Any]],
+                            output: dict[str, Any], right_ids: torch.Tensor, right_mask: torch.Tensor) -> None:
+        """Second teacher pass under a wrong reference; fills `output` for the loss and times itself.
+
+        Sets `contrast_rows` (B,) and either `teacher_wrong_per_token_logps` (B, T) or, for full-vocabulary
+        distillation (recomputed per micro-batch in the loss), `teacher_wrong_prompt_ids` / `_mask`.
+        """
+        with teacher_pass.timed("contrast"):
+            wrong = algorithm.wrong_prompts(teacher_pass, rows, output)
+            if wrong is None:
+                wrong = wrong_reference_prompts(rows, self.args.privileged_fields, self.args.teacher_template,
+                                                teacher_pass.group_size, teacher_pass.first_row(len(rows)))
+            has_wrong = [w is not None for w in wrong]
+            if any(has_wrong):
+                # Rows without a wrong reference are scored under any prompt (the result is never used): one batch.
+                placeholder = next(w for w in wrong if w is not None)
+                filled = [w if w is not None else placeholder for w in wrong]
+                fields, template = algorithm.wrong_prompt_fields()
+                fit_rows = [{**row, **r} for row, (_, r) in zip(rows, filled, strict=True)]  # the row's own images
+                ids, mask = teacher_pass.encode([p for p, _ in filled], output, fit_rows, fields=fields,
+                                                template=template, key=WRONG_KEY)
+            else:
+                ids, mask = right_ids, right_mask  # nothing to contrast: placeholders, never used
+            contrast_rows = torch.tensor(has_wrong, dtype=torch.float32, device=output["completion_ids"].device)
+            output["contrast_rows"] = contrast_rows
+            if algorithm.distills_full_vocab():
+                teacher_pass.store(output, ids, mask, key=WRONG_KEY)
+            elif any(has_wrong):
+                output["teacher_wrong_per_token_logps"] = teacher_pass.logps(
+                    ids, mask, output, rows=algorithm.rows_to_score(teacher_pass, output), key=WRONG_KEY)
+            else:
+                output["teacher_wrong_per_token_logps"] = torch.zeros_like(output["completion_ids"],
+                                                                            dtype=torch.float32)
+            teacher_pass.log_mean("contrast/rows_frac", contrast_rows.mean())
+
+    @staticmethod
+    def baseline_logps(inputs: Mapping[str, Any], old_logps: torch.Tensor) -> torch.Tensor:
+        """(B, T) baseline of the teacher's evidence: q_wrong on rows with a wrong reference, else s_old."""
+        return baseline_logps(inputs, old_logps)
+
+    @staticmethod
+    @torch.no_grad()
+    def target_logits(teacher_pass: TeacherPass, teacher_module, student_logits: torch.Tensor,
+                      teacher_logits: torch.Tensor, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """Full-vocabulary target: `credit.contrastive_target_logits` on rows with a wrong reference, else the
+        teacher's logits. Call inside `teacher_pass.module()`."""
+        with teacher_pass.timed("contrast"):
+            wrong_logits = teacher_pass.logits(teacher_module, inputs, key=WRONG_KEY)
+        vocab = min(student_logits.size(-1), teacher_logits.size(-1), wrong_logits.size(-1))
+        contrasted = credit.contrastive_target_logits(
+            student_logits[..., :vocab], teacher_logits[..., :vocab], wrong_logits[..., :vocab])
+        rows = inputs["contrast_rows"].bool().view(-1, 1, 1)
+        return torch.where(rows, contrasted, teacher_logits[..., :vocab].float())
 
 
-def baseline_logps(inputs: dict[str, Any], old_logps: torch.Tensor) -> torch.Tensor:
+def contrast_for(args) -> WrongReference | None:
+    """The contrast an algorithm built from `args` uses, or None (`teacher_contrast="none"`)."""
+    return WrongReference(args) if getattr(args, "teacher_contrast", "none") == "wrong_reference" else None
+
+
+def baseline_logps(inputs: Mapping[str, Any], old_logps: torch.Tensor) -> torch.Tensor:
     """(B, T) baseline of the teacher's evidence: q_wrong on rows with a wrong reference, else s_old."""
     wrong = inputs.get("teacher_wrong_per_token_logps")
     if wrong is None:
@@ -120,16 +159,5 @@ def baseline_logps(inputs: dict[str, Any], old_logps: torch.Tensor) -> torch.Ten
     return torch.where(rows, wrong.to(old_logps.dtype), old_logps)
 
 
-@torch.no_grad()
-def target_logits(trainer, teacher_module, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                  inputs: dict[str, Any]) -> torch.Tensor:
-    """Full-vocabulary target: `credit.contrastive_target_logits` on rows with a wrong reference, else the teacher."""
-    start = time.perf_counter()
-    wrong_logits = trainer._completion_logits(
-        teacher_module, inputs["teacher_wrong_prompt_ids"], inputs["teacher_wrong_prompt_mask"], inputs)
-    trainer._contrast_seconds += time.perf_counter() - start
-    vocab = min(student_logits.size(-1), teacher_logits.size(-1), wrong_logits.size(-1))
-    contrasted = credit.contrastive_target_logits(
-        student_logits[..., :vocab], teacher_logits[..., :vocab], wrong_logits[..., :vocab])
-    rows = inputs["contrast_rows"].bool().view(-1, 1, 1)
-    return torch.where(rows, contrasted, teacher_logits[..., :vocab].float())
+__all__ = ["TEACHER_CONTRASTS", "WRONG_KEY", "WrongReference", "baseline_logps", "contrast_for", "reference_key",
+           "wrong_reference_indices", "wrong_reference_prompts"]

@@ -10,7 +10,21 @@ The mixing itself is `algorithms.blend`; this module only says how the two terms
 
 from __future__ import annotations
 
+from .base import config_error
+from .blend import BlendedDistillation
 
-def loss_weights(args) -> tuple[float, float]:
-    """(policy, distillation) weights: GRPO at full weight, the divergence at `opsd_coef`."""
-    return 1.0, float(args.opsd_coef)
+
+class GRPOOPSD(BlendedDistillation):
+    name = "grpo+opsd"
+
+    @classmethod
+    def check_config(cls, args) -> None:
+        if not args.opsd_coef >= 0.0:
+            raise config_error("opsd_coef", f"must be >= 0, got {args.opsd_coef}")
+
+    def loss_weights(self) -> tuple[float, float]:
+        """(policy, distillation) weights: GRPO at full weight, the divergence at `opsd_coef`."""
+        return 1.0, float(self.args.opsd_coef)
+
+
+__all__ = ["GRPOOPSD"]

@@ -46,8 +46,10 @@ from typing import Any
 import torch
 
 from .. import teacher
+from ..teacher_scoring import TeacherPass
 from . import contrast
-from .common import encode_prompts
+from .base import config_error
+from .blend import BlendedDistillation
 
 # TRL SDPOConfig's defaults (reprompt_template, solution_template, feedback_template), renamed fields.
 SDPO_TEMPLATE = "{prompt}{demonstration}{feedback}\n\nCorrectly solve the original question.\n"
@@ -71,11 +73,6 @@ class TeacherContext:
             return {"demonstration": self.demonstration, "feedback": self.feedback}
         return {"demonstration": DEMONSTRATION_TEMPLATE.format(text=self.demonstration) if self.demonstration else "",
                 "feedback": FEEDBACK_TEMPLATE.format(text=self.feedback) if self.feedback else ""}
-
-
-def loss_weights(args) -> tuple[float, float]:
-    """(policy, distillation) weights: `(lambda, 1 - lambda)`."""
-    return float(args.sdpo_lambda), 1.0 - float(args.sdpo_lambda)
 
 
 def choose_demonstrations(rewards: torch.Tensor, group_size: int, threshold: float) -> list[int | None]:
@@ -122,50 +119,85 @@ def plan_contexts(rows: Sequence[Mapping[str, Any]], first_index: int, rewards: 
     return contexts
 
 
-def teacher_prompt_tensors(trainer, inputs: list[dict[str, Any]], output: dict[str, Any]
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded SDPO teacher prompts for the local rollouts; sets `output["teacher_rows"]` (B,).
+class SDPO(BlendedDistillation):
+    """The self-teacher shown a successful peer rollout (see the module docstring)."""
 
-    Rows without a teacher keep their plain prompt (never scored: `teacher_rows` is 0 there).
-    """
-    from accelerate.utils import gather_object
+    name = "sdpo"
+    supports_images = False
+    default_teacher_mode = "ema"  # as SDPO and TRL's SDPOTrainer
 
-    args = trainer.args
-    texts = trainer.processing_class.batch_decode(
-        [ids[mask.bool()] for ids, mask in zip(output["completion_ids"], output["completion_mask"], strict=True)],
-        skip_special_tokens=True)
-    all_texts = gather_object(texts)
-    rewards = trainer._last_rewards.detach().float().cpu()
-    first = trainer.accelerator.process_index * len(inputs)
-    group_size = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
-    contexts = plan_contexts(inputs, first, rewards, all_texts, group_size, args.sdpo_success_threshold,
-                             args.sdpo_feedback_column)
-    referenced = [(i, row) for i, (row, ctx) in enumerate(zip(inputs, contexts, strict=True))
-                  if ctx.source == "reference"]
-    if referenced:  # a reference solution is privileged: it must not be in the student's prompt
-        student = [trainer.processing_class.decode(output["prompt_ids"][i][output["prompt_mask"][i].bool()])
-                   for i, _ in referenced]
-        teacher.assert_student_blind(student, [row for _, row in referenced], "{prompt}{solution}")
+    @classmethod
+    def check_config(cls, args) -> None:
+        if not 0.0 <= args.sdpo_lambda <= 1.0:
+            raise config_error("sdpo_lambda", f"must be in [0, 1], got {args.sdpo_lambda}")
+        if args.sdpo_feedback_column is not None and not str(args.sdpo_feedback_column).strip():
+            raise config_error("sdpo_feedback_column", "must name a dataset column or be None")
+        if args.sdpo_template is not None:
+            names = set(teacher.template_fields(args.sdpo_template))
+            if not {"prompt", "demonstration"} <= names or not names <= {"prompt", "demonstration", "feedback"}:
+                raise config_error("sdpo_template", "needs {prompt} and {demonstration}, and may use only "
+                                                    f"{{feedback}} besides; got fields {sorted(names)}")
 
-    template = args.sdpo_template or SDPO_TEMPLATE
-    prompts, fit_rows = _render(inputs, contexts, args.sdpo_template)
-    ids, mask = encode_prompts(trainer, prompts, fit_rows, fields=("demonstration",), template=template)
-    device = output["completion_ids"].device
-    output["teacher_rows"] = torch.tensor([ctx.source is not None for ctx in contexts], dtype=torch.float32,
-                                          device=device)
-    if args.teacher_contrast == "wrong_reference":
-        output[contrast.WRONG_PROMPTS_KEY] = _wrong_prompts(inputs, contexts, first, group_size, args.sdpo_template)
-    _log_sources(trainer, contexts, rewards, group_size)
-    return ids, mask
+    @classmethod
+    def privileged_fields(cls, args) -> list[str]:
+        return []  # a peer's rollout, not a dataset column (the `solution` fallback is used when present)
+
+    @classmethod
+    def divergence_only(cls, args) -> str | None:
+        if args.distill_divergence == "sampled_token" or args.sdpo_lambda != 0.0:
+            return None
+        return f"algorithm={args.algorithm!r} with sdpo_lambda=0"
+
+    def loss_weights(self) -> tuple[float, float]:
+        """(policy, distillation) weights: `(lambda, 1 - lambda)`."""
+        return float(self.args.sdpo_lambda), 1.0 - float(self.args.sdpo_lambda)
+
+    def rows_to_score(self, teacher_pass: TeacherPass, output: Mapping[str, Any]) -> torch.Tensor:
+        return output["teacher_rows"]  # rows with a demonstration
+
+    def teacher_prompts(self, teacher_pass: TeacherPass, rows: list[dict[str, Any]], output: dict[str, Any]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded SDPO teacher prompts for the local rollouts; sets `output["teacher_rows"]` (B,).
+
+        Rows without a teacher keep their plain prompt (never scored: `teacher_rows` is 0 there).
+        """
+        args = self.args
+        all_texts = teacher_pass.gather(teacher_pass.completion_texts(output))
+        rewards = teacher_pass.rewards()
+        first, group_size = teacher_pass.first_row(len(rows)), teacher_pass.group_size
+        contexts = plan_contexts(rows, first, rewards, all_texts, group_size, args.sdpo_success_threshold,
+                                 args.sdpo_feedback_column)
+        referenced = [i for i, ctx in enumerate(contexts) if ctx.source == "reference"]
+        if referenced:  # a reference solution is privileged: it must not be in the student's prompt
+            student = teacher_pass.student_prompts(output)
+            teacher.assert_student_blind([student[i] for i in referenced], [rows[i] for i in referenced],
+                                         "{prompt}{solution}")
+        prompts, fit_rows = _render(rows, contexts, args.sdpo_template)
+        ids, mask = teacher_pass.encode(prompts, output, fit_rows, fields=("demonstration",),
+                                        template=args.sdpo_template or SDPO_TEMPLATE)
+        output["teacher_rows"] = torch.tensor([ctx.source is not None for ctx in contexts], dtype=torch.float32,
+                                              device=output["completion_ids"].device)
+        self._contexts = (contexts, first, group_size)  # for the contrast's wrong demonstrations
+        _log_sources(teacher_pass, contexts, rewards, group_size, args.sdpo_success_threshold)
+        return ids, mask
+
+    def wrong_prompts(self, teacher_pass: TeacherPass, rows: list[dict[str, Any]], output: dict[str, Any]):
+        """Contrast: each row's re-prompt with another group's demonstration (a different answer), or None."""
+        contexts, first, group_size = self._contexts
+        return _wrong_prompts(rows, contexts, first, group_size, self.args.sdpo_template)
+
+    def wrong_prompt_fields(self) -> tuple[tuple[str, ...], str]:
+        return ("demonstration",), self.args.sdpo_template or SDPO_TEMPLATE
 
 
 def _render(rows: Sequence[Mapping[str, Any]], contexts: Sequence[TeacherContext], custom_template: str | None):
+    """Teacher prompts, and the mappings they were rendered from: the row (its images) with the template fields."""
     prompts, fit_rows = [], []
     template = custom_template or SDPO_TEMPLATE
     for row, ctx in zip(rows, contexts, strict=True):
         fields = {"prompt": row["prompt"], **ctx.fields(custom_template is not None)}
         prompts.append(teacher.teacher_prompt(row["prompt"], fields, template) if ctx.source else row["prompt"])
-        fit_rows.append(fields)
+        fit_rows.append({**row, **fields})
     return prompts, fit_rows
 
 
@@ -183,9 +215,10 @@ def _wrong_prompts(rows, contexts: Sequence[TeacherContext], first_index: int, g
     return [(p, r) if w is not None else None for p, r, w in zip(prompts, fit_rows, wrong, strict=True)]
 
 
-def _log_sources(trainer, contexts: Sequence[TeacherContext], rewards: torch.Tensor, group_size: int) -> None:
+def _log_sources(teacher_pass: TeacherPass, contexts: Sequence[TeacherContext], rewards: torch.Tensor,
+                 group_size: int, threshold: float) -> None:
     n = max(len(contexts), 1)
-    grouped = rewards.view(-1, group_size) >= trainer.args.sdpo_success_threshold
+    grouped = rewards.view(-1, group_size) >= threshold
     values = {
         "sdpo/success_group_frac": grouped.any(dim=1).float().mean().item(),
         "sdpo/peer_demo_frac": sum(c.source == "peer" for c in contexts) / n,
@@ -194,4 +227,8 @@ def _log_sources(trainer, contexts: Sequence[TeacherContext], rewards: torch.Ten
         "sdpo/no_teacher_frac": sum(c.source is None for c in contexts) / n,
     }
     for name, value in values.items():
-        trainer._log_mean(name, torch.tensor(value, device=trainer.accelerator.device))
+        teacher_pass.log_mean(name, torch.tensor(value))
+
+
+__all__ = ["DEMONSTRATION_TEMPLATE", "FEEDBACK_TEMPLATE", "SDPO", "SDPO_TEMPLATE", "TeacherContext",
+           "choose_demonstrations", "plan_contexts"]
