@@ -33,7 +33,7 @@ Peak memory:
 - CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats()` at the end of warm-up.
 
 Phases: each worker wraps (by instance attribute, nothing in the package changes) TRL's `_generate`,
-`_calculate_rewards`, `_generate_and_score_completions`, `compute_loss`, and RLSD's `_teacher_prompt_tensors`,
+`_calculate_rewards`, `_generate_and_score_completions`, `compute_loss`, and the algorithm's `teacher_prompts`,
 `_log_leakage` and the `teacher.activate()` context (= the teacher forward, wherever it runs: the rollout for
 rlsd, the loss for opd), so a slow teacher pass can be traced to its part.
 """

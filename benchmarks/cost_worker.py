@@ -182,16 +182,18 @@ def run_worker(cfg: dict) -> dict:
 
     timer = PhaseTimer()
     prompt_lengths: dict[str, list[float]] = {"student_prompt_tokens": [], "teacher_prompt_tokens": []}
-    if hasattr(trainer, "_teacher_prompt_tensors"):  # record how much longer the teacher's context is
-        build_teacher_prompts = trainer._teacher_prompt_tensors
+    algorithm = getattr(trainer, "algorithm", None)
+    if algorithm is not None and algorithm.uses_teacher:  # record how much longer the teacher's context is
+        build_teacher_prompts = algorithm.teacher_prompts
 
-        def teacher_prompt_tensors(inputs, output):
-            ids, mask = build_teacher_prompts(inputs, output)
+        def teacher_prompts(teacher_pass, inputs, output):
+            ids, mask = build_teacher_prompts(teacher_pass, inputs, output)
             prompt_lengths["student_prompt_tokens"].append(output["prompt_mask"].sum(1).float().mean().item())
             prompt_lengths["teacher_prompt_tokens"].append(mask.sum(1).float().mean().item())
             return ids, mask
 
-        trainer._teacher_prompt_tensors = teacher_prompt_tensors
+        algorithm.teacher_prompts = teacher_prompts
+        timer.wrap(algorithm, "teacher_prompts", "teacher_prompts")
     zero_advantage: list[float] = []  # rows whose teacher log-probs cannot change the RLSD loss (A = 0)
     generate_and_score = trainer._generate_and_score_completions
 
@@ -203,7 +205,7 @@ def run_worker(cfg: dict) -> dict:
     trainer._generate_and_score_completions = generate_and_score_completions
     for method, phase in (("_generate", "generate"), ("_calculate_rewards", "rewards"),
                           ("_generate_and_score_completions", "rollout_total"), ("compute_loss", "loss_total"),
-                          ("_teacher_prompt_tensors", "teacher_prompts"), ("_log_leakage", "leakage")):
+                          ("_log_leakage", "leakage")):
         if hasattr(trainer, method):
             timer.wrap(trainer, method, phase)
     if getattr(trainer, "teacher", None) is not None:
