@@ -79,3 +79,39 @@ def test_wandb_offline_writes_its_run_files_with_rlsd_metrics(tracked_run):
     for name in RLSD_NAMES:
         assert f'"{name}"'.encode() in data or name.encode() in data, name
     assert b"train/rlsd/weight_mean" not in data  # transformers' renamed copy is not logged
+
+
+def test_tensorboard_logs_every_step_once_after_a_resume(tiny_model_dir, tmp_path):
+    """A run checkpointed at step 2 and killed after logging step 3, then resumed to step 5: TensorBoard's own
+    reader sees steps 1..5 once each, and step 3 carries the resumed run's value (the one in metrics.jsonl)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rlsd.run import train
+
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text("def digits(prompts, completions, **kw):\n"
+                       "    t = [c[0]['content'] if isinstance(c, list) else c for c in completions]\n"
+                       "    return [sum(ch.isdigit() for ch in s) / max(len(s), 1) for s in t]\n")
+
+    def run(max_steps, resume):
+        config = {"model": tiny_model_dir, "task": "arithmetic", "rewards": [f"{rewards}:digits"],
+                  "task_train_size": 32, "task_eval_size": 4, "eval_every": 0, "samples_every": 0,
+                  "training": {"algorithm": "rlsd", "max_steps": max_steps, "per_device_train_batch_size": 4,
+                               "num_generations": 4, "max_completion_length": 8, "learning_rate": 1e-3,
+                               "lr_scheduler_type": "constant", "save_strategy": "steps", "save_steps": 2,
+                               "seed": 0, "disable_tqdm": True, "report_to": ["tensorboard"]}}
+        train(config, output_dir=tmp_path / "run", resume=resume)
+
+    run(3, resume=False)  # logs steps 1-3, newest checkpoint: 2
+    first = EventAccumulator(str(tmp_path / "run" / "runs" / "tensorboard"))
+    first.Reload()
+    assert [e.step for e in first.Scalars("train/loss")] == [1, 2, 3]
+    run(5, resume=True)  # resumes from checkpoint-2: logs steps 3-5 again from there
+    events = EventAccumulator(str(tmp_path / "run" / "runs" / "tensorboard"))
+    events.Reload()
+    for tag in ("train/loss", "train/rlsd/weight_mean", "train/reward"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2, 3, 4, 5], tag
+    logged = {json.loads(line)["step"]: json.loads(line)["loss"]
+              for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line}
+    assert [round(e.value, 6) for e in events.Scalars("train/loss")] == [round(logged[s], 6) for s in range(1, 6)]
+    assert len(list((tmp_path / "run" / "runs").iterdir())) == 1, "one event folder per run directory"

@@ -7,6 +7,7 @@ import torch
 from conftest import MARKER, digit_reward, tiny_config
 from datasets import Dataset
 from PIL import Image
+from transformers import TrainerCallback
 
 from rlsd import RLSDTrainer, teacher
 from rlsd.tasks.tiny_vlm import build_tiny_qwen2_vl, save_tiny_llava
@@ -308,3 +309,29 @@ def test_teacher_prompt_cut_to_length_keeps_m_rope_fields_aligned_with_image_tok
     assert torch.equal(token_types.bool(), ids == image_token), "mm_token_type_ids mark the teacher's image tokens"
     assert torch.equal(batch["teacher_mm_token_type_ids"][:, ids.size(1):].bool(),
                        torch.zeros_like(batch["completion_ids"]).bool())
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_the_image_processor_runs_once_per_step(family, tiny_llava_dir, tmp_path, monkeypatch):
+    """Generation, TRL's scoring and the teacher's prompt all need the step's images processed: once is enough,
+    and the teacher's per-token fields still come out right (the teacher pass runs on them)."""
+    trainer = make_trainer(family, tiny_llava_dir, tmp_path, algorithm="rlsd", max_steps=2)
+    image_processor = type(trainer.processing_class.image_processor)
+    runs, steps = [], []
+    original = image_processor.__call__
+
+    def counting(self, *args, **kwargs):
+        runs.append(len(steps))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(image_processor, "__call__", counting)
+
+    class Steps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    trainer.add_callback(Steps())
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all(e["teacher/rows_scored_frac"] >= 0 for e in logs)
+    assert [runs.count(step) for step in range(2)] == [1, 1], runs  # one run in each of the 2 steps

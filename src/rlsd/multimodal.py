@@ -7,13 +7,18 @@ sees the *same images*, so it reuses the image tensors; only the per-token field
 `mm_token_type_ids`: one entry per prompt token, M-RoPE reads them) belong to the teacher's own, longer prompt.
 This module builds those (`teacher_prompt_inputs`), cuts every field down to a subset of rows
 (`select_rows`, used by the zero-advantage skip) and gathers the model keyword arguments (`model_kwargs`).
+`images_processed_once` makes the image processor run once per step on the same images: TRL's generation
+and scoring calls and the teacher's own processor call all get the one result.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import hashlib
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
+from transformers import BatchFeature
 
 # Fields indexed by image/patch/tile (not by row); TRL's split_pixel_values_by_grid knows how each is laid out.
 IMAGE_FIELDS = ("pixel_values", "image_grid_thw", "image_sizes", "pixel_attention_mask", "spatial_shapes",
@@ -37,6 +42,65 @@ def row_images(rows: Sequence[dict[str, Any]]) -> list[list[Any] | None] | None:
     return None if all(not imgs for imgs in images) else images
 
 
+class StepImageCache:
+    """Stands in for a processor's `image_processor` for one step: a call on the same images (equal pixels, in
+    the same order, however nested) with the same options returns the first call's result instead of running the
+    image processor again. Images are compared by content, since TRL deep-copies the prompts (and the images in
+    them) before generation; `return_tensors` alone differing, the result is converted, not recomputed."""
+
+    def __init__(self, image_processor):
+        self._inner = image_processor
+        self._memo: dict[tuple, Any] = {}
+        self._alive: list[Any] = []
+        self.runs = 0
+
+    def __call__(self, images=None, *args, **kwargs):
+        wanted = kwargs.get("return_tensors")
+        options = repr(sorted((k, v) for k, v in kwargs.items() if k != "return_tensors"))
+        key = (tuple(_image_key(img) for img in _flat_images(images)), repr(args), options)
+        if key in self._memo:
+            tensors, result = self._memo[key]
+            return result if tensors == wanted else BatchFeature(dict(result), tensor_type=wanted)
+        result = self._inner(images, *args, **kwargs)
+        self._memo[key] = (wanted, result)
+        self._alive.append(images)  # identity-keyed images must outlive the step's cache
+        self.runs += 1
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def _flat_images(images) -> list[Any]:
+    if isinstance(images, (list, tuple)):
+        return [img for item in images for img in _flat_images(item)]
+    return [] if images is None else [images]
+
+
+def _image_key(image) -> tuple:
+    """A PIL image by its mode, size and pixels (a 128-bit hash); anything else (arrays, paths) by identity."""
+    if all(hasattr(image, name) for name in ("tobytes", "mode", "size")):
+        import hashlib
+
+        return image.mode, tuple(image.size), hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+    return "id", id(image)
+
+
+@contextmanager
+def images_processed_once(processor) -> Iterator[StepImageCache | None]:
+    """While it lasts, `processor`'s image processor runs once per distinct image list (see `StepImageCache`)."""
+    inner = getattr(processor, "image_processor", None)
+    if inner is None or isinstance(inner, StepImageCache):
+        yield None
+        return
+    cache = StepImageCache(inner)
+    processor.image_processor = cache
+    try:
+        yield cache
+    finally:
+        processor.image_processor = inner
+
+
 def teacher_prompt_inputs(processor, prompts: Sequence[Any], images: Sequence[list[Any] | None],
                           chat_template_kwargs: dict[str, Any] | None = None, tools=None,
                           ) -> tuple[list[list[int]], dict[str, list[torch.Tensor]]]:
@@ -44,8 +108,8 @@ def teacher_prompt_inputs(processor, prompts: Sequence[Any], images: Sequence[li
 
     `prompts` are chat prompts (with `{"type": "image"}` blocks or plain strings); the images are placed
     into them as TRL does, the chat template applied, and the processor run on text + images, so each image
-    placeholder is expanded to the right number of image tokens (which depends on the image). The image
-    processor runs again on the same images: CPU work per batch, small next to the teacher's forward.
+    placeholder is expanded to the right number of image tokens (which depends on the image). Inside a training
+    step (`images_processed_once`) the image processor's result for these images is the student's, not rerun.
     """
     from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 

@@ -10,6 +10,11 @@ before starting Python); `trackio show --project NAME` opens the dashboard. W&B 
 makes W&B write locally and never connect.
 
 Both are optional dependencies: `pip install "rlsd[trackio]"` / `"rlsd[wandb]"`.
+
+TensorBoard (the default `report_to`) writes one folder per run directory, `RUN_DIR/runs/tensorboard` (unless
+`TENSORBOARD_LOGGING_DIR` is set), instead of a new timestamped folder per process start; a resumed run reopens
+it with `purge_step` = the resumed step + 1, so TensorBoard drops what the interrupted run logged after its
+checkpoint and every step appears once.
 """
 
 from __future__ import annotations
@@ -57,10 +62,13 @@ def _plain(logs: dict[str, Any], step: int) -> dict[str, Any]:
 
 
 def use_plain_metric_names(trainer) -> None:
-    """Replace transformers' Trackio/W&B callbacks on `trainer` by ones that keep `metrics.jsonl` names."""
+    """Replace transformers' Trackio/W&B callbacks on `trainer` by ones that keep `metrics.jsonl` names, and its
+    TensorBoard callback by one that logs every step once across resumes."""
     from transformers.integrations import integration_utils as hf
 
     swaps = []
+    if hf.is_tensorboard_available():
+        swaps.append((hf.TensorBoardCallback, _tensorboard_callback(hf.TensorBoardCallback)))
     if hf.is_trackio_available():
         swaps.append((hf.TrackioCallback, _trackio_callback(hf.TrackioCallback)))
     if hf.is_wandb_available():
@@ -101,6 +109,21 @@ def _wandb_callback(base):
                 self._wandb.log(_plain(logs, state.global_step))
 
     return PlainNamesWandbCallback
+
+
+def _tensorboard_callback(base):
+    class ResumableTensorBoardCallback(base):
+        """transformers' TensorBoardCallback: one event folder per run; a resume purges the steps after it."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and self.tb_writer is None and not state.is_hyper_param_search:
+                self.logging_dir = self.logging_dir or os.path.join(args.output_dir, "runs", "tensorboard")
+                # A SessionLog START at purge_step: readers drop the earlier events at or after that step.
+                purge = state.global_step + 1 if state.global_step > 0 else None
+                self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=purge)
+            super().on_train_begin(args, state, control, **kwargs)
+
+    return ResumableTensorBoardCallback
 
 
 __all__ = ["prepare_environment", "use_plain_metric_names"]

@@ -76,6 +76,11 @@ class RLSDTrainer(GRPOTrainer):
             if self.teacher.mode in ("ema", "snapshot"):
                 self.add_callback(TeacherUpdateCallback(self.teacher))
 
+    def _prepare_inputs(self, generation_batch):
+        # One image-processor run per step on the same images: generation, scoring and the teacher pass share it.
+        with multimodal.images_processed_once(self.processing_class):
+            return super()._prepare_inputs(generation_batch)
+
     # ---- teacher pass (after generation, no grad) ---------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
