@@ -100,7 +100,7 @@ def test_run_config_takes_tools_and_an_environment_by_path(tool_model_dir, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(2400)  # a safety net for a loaded machine
 def test_agent_quickstart_fast_runs_rlsd_and_grpo_with_tools(tmp_path, capsys):
     import json
 

@@ -12,12 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(1800)
 def test_cost_benchmark_smoke(tmp_path):
     out = tmp_path / "cost.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "cost.py"), "--smoke", "--jobs", "2", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        cwd=ROOT, capture_output=True, text=True, timeout=1780,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -32,13 +32,13 @@ def test_cost_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(1800)
 def test_cost_benchmark_smoke_with_a_lora_student(tmp_path):
     out = tmp_path / "cost-lora.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "cost.py"), "--smoke", "--lora", "--configs",
          "grpo,rlsd,opd2x,noshare", "--jobs", "2", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        cwd=ROOT, capture_output=True, text=True, timeout=1780,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -51,12 +51,12 @@ def test_cost_benchmark_smoke_with_a_lora_student(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(2000)
 def test_learning_benchmark_quick(tmp_path):
     out = tmp_path / "learning"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=380,
+        cwd=ROOT, capture_output=True, text=True, timeout=1880,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     curves = json.loads((out / "curves.json").read_text())
@@ -75,13 +75,13 @@ def test_learning_benchmark_quick(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(3000)
 def test_gpu_check_vlm_smoke(tmp_path):
     """The Qwen3-VL GPU check's CPU variant, so that the script cannot rot between GPU runs."""
     out = tmp_path / "vlm"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check_vlm.py"), "--smoke",
                              "--algorithms", "grpo,rlsd", "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=580,
+                            cwd=ROOT, capture_output=True, text=True, timeout=2880,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "gpu_check_vlm.json").read_text())
@@ -91,13 +91,13 @@ def test_gpu_check_vlm_smoke(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(2000)
 def test_gpu_check_smoke_runs_every_part_on_cpu(tmp_path):
     """benchmarks/gpu_check.py --smoke: the GPU check's code path on a tiny model, so it cannot rot before a GPU run."""
     out = tmp_path / "gpu"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=380,
+        cwd=ROOT, capture_output=True, text=True, timeout=1880,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((out / "gpu_check.json").read_text())
@@ -141,11 +141,11 @@ def test_credit_benchmark_corrupts_exactly_one_intermediate_step():
     assert corrupt("3+4=7\nAnswer: 7", rng) is None  # no intermediate step to corrupt
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(1800)
 def test_credit_benchmark_quick(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "credit.py"), "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=110,
+        cwd=ROOT, capture_output=True, text=True, timeout=1780,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "credit.json").read_text())
@@ -160,12 +160,12 @@ def test_credit_benchmark_quick(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(1800)
 def test_data_load_benchmark_smoke(tmp_path):
     out = tmp_path / "data_load.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "data_load.py"), "--rows", "2000", "--repeats", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        cwd=ROOT, capture_output=True, text=True, timeout=1780, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert {r["kind"]: r["rows"] for r in result["runs"]} == {"datasets": 2000, "rlsd": 2000}

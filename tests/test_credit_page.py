@@ -140,7 +140,7 @@ def test_inspect_page_renders_in_headless_chromium_with_one_span_per_token(rlsd_
     assert png.stat().st_size > 5000  # the README picture of one group
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+                         timeout=600, check=True).stdout
     parsed = _PageDom()
     parsed.feed(dom)
     recorded = [c for r in load_credit_records(rlsd_run) for c in r["completions"]]
@@ -154,7 +154,7 @@ def test_inspect_page_renders_in_headless_chromium_with_one_span_per_token(rlsd_
                for t in c["titles"])
     shot = tmp_path / "shot.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1000,800", page.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+                   capture_output=True, timeout=600, check=True)
     assert shot.stat().st_size > 5000
 
 

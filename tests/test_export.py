@@ -56,7 +56,7 @@ def _plain_generate(path, dtype):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)  # the exported directory alone, no rlsd sources on the path
     result = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(path), dtype, json.dumps(PROMPT)],
-                            capture_output=True, text=True, timeout=300, env=env, cwd=path)
+                            capture_output=True, text=True, timeout=1200, env=env, cwd=path)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

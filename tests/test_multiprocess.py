@@ -57,7 +57,7 @@ def _accelerate(*args: str) -> list[str]:
 
 
 def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)  # safety net
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
 

@@ -8,7 +8,7 @@ from rlsd.cli import main
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(2400)  # a safety net for a loaded machine
 def test_quickstart_fast_writes_parseable_outputs(tmp_path, capsys):
     out = tmp_path / "qs"
     assert main(["quickstart", "--fast", "--output-dir", str(out)]) == 0
@@ -37,7 +37,7 @@ def test_quickstart_fast_writes_parseable_outputs(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(2400)  # a safety net for a loaded machine
 def test_visual_quickstart_fast_trains_a_tiny_vlm(tmp_path):
     out = tmp_path / "qs"
     assert main(["quickstart", "--task", "shapes", "--fast", "--output-dir", str(out)]) == 0

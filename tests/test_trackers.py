@@ -43,7 +43,7 @@ def tracked_run(tiny_model_dir, tmp_path_factory):
                HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="")
     out = tmp / "run"
     result = subprocess.run([sys.executable, "-m", "rlsd", "train", "--config", str(tmp / "run.yaml"),
-                             "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=600)
+                             "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, tmp / "trackio", trackers
 

@@ -280,7 +280,7 @@ def test_teacher_pass_skips_rows_without_signal_and_matches_a_full_pass_elsewher
 def test_sandbox_layers_of_a_code_reward_are_logged(tiny_model_dir, tmp_path):
     from rlsd.rewards.sandbox import SandboxLimits, run_python_tests
 
-    assert run_python_tests("def f():\n    return 1", ["assert f() == 1"], SandboxLimits(timeout_s=10)).passed == 1
+    assert run_python_tests("def f():\n    return 1", ["assert f() == 1"], SandboxLimits(timeout_s=30)).passed == 1
     trainer = RLSDTrainer(model=tiny_model_dir, reward_funcs=digit_reward, args=tiny_config(tmp_path, max_steps=1),
                           train_dataset=make_dataset())
     trainer.train()

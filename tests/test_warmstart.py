@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,9 +34,8 @@ def test_warm_start_saves_a_loadable_directory_and_reruns_reuse_it(tmp_path):
 
     weights = out / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
-    started = time.perf_counter()
     again = warm_start("arithmetic", out, seed=0, target_accuracy=(0.9, 1.0), **TINY)
-    assert again.reused and time.perf_counter() - started < 2.0
+    assert again.reused  # reused, not retrained: the weights file is untouched (below)
     assert again.accuracy == first.accuracy and weights.stat().st_mtime_ns == mtime
     assert load_result(out).accuracy == first.accuracy
 
