@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -35,7 +36,7 @@ from rlsd.config import algorithm_variant  # noqa: E402
 from rlsd.quickstart import quickstart_run, self_teacher_accuracy  # noqa: E402
 from rlsd.report import load_metrics, series  # noqa: E402
 from rlsd.run import train  # noqa: E402
-from rlsd.app.warmstart import load_result, warm_start  # noqa: E402
+from rlsd.app.warmstart import load_result, machine_facts, save_result, warm_start  # noqa: E402
 
 ABLATIONS = {
     "rlsd": {},
@@ -47,12 +48,16 @@ ABLATIONS = {
     "teacher=base": {"teacher_mode": "base"},
     "contrast": {"teacher_contrast": "wrong_reference"},
 }
-# Issue 15's design: the long-horizon task with every self-teacher method, the short task with rlsd vs grpo;
-# 5 RL seeds from each of 2 warm starts (SFT seeds 0 and 1), 500 held-out problems, reference-aware students.
+# Issue 20's design (was issue 15's, sized for a GPU): the long-horizon task with every self-teacher method, the
+# short task with rlsd vs grpo; 5 RL seeds; `name@0` runs a variant from the first warm start only. Warm starts are
+# the committed checkpoints in benchmarks/warmstarts/ (same files on every machine, so every machine answers the
+# same question); reference-aware students; 500 held-out problems per evaluation. Sized for 2-core CPUs: one
+# thread per run, runs in parallel, each finished run's result a small committed JSON (results/), so the design
+# completes over several sessions (`learning_jobs.py` runs only what is missing).
 FULL = {
-    "plan": {"chain": "grpo,rlsd,opsd,sdpo,grpo+opsd,rlsd+contrast", "arithmetic": "grpo,rlsd"},
+    "plan": {"chain": "grpo,rlsd,rlsd+contrast,opsd@0,sdpo@0,grpo+opsd@0", "arithmetic": "grpo,rlsd"},
     "seeds": "0,1,2,3,4", "warm_starts": "0,1", "eval_size": 500, "privileged_fraction": 0.5, "steps": 100,
-    "out": "benchmarks/results/learning-full",
+    "out": "benchmarks/results/learning-full", "warm_start_dir": "benchmarks/warmstarts",
 }
 # SDPO as TRL's SDPOTrainer runs it by default: sampled-token reverse KL. (A 6-step GPU check on `chain`, one
 # seed: full-vocabulary forward KL took held-out accuracy 0.62 -> 0.07, sampled-token 0.62 -> 0.40, GRPO
@@ -63,6 +68,12 @@ TEACHER_METRICS = ("rlsd/delta_mean", "rlsd/delta_std", "rlsd/weight_mean", "rls
                    "rlsd/clip_high_frac", "teacher/time_frac", "teacher/contrast_time_frac", "contrast/rows_frac",
                    "distill/divergence", "distill/sampled_advantage", "sdpo/peer_demo_frac",
                    "sdpo/reference_fallback_frac")
+
+
+# Per-step teacher statistics kept in each run's result (every TRACE_EVERY steps), for the "what did the teacher
+# do over training" plot.
+TRACE_METRICS = ("rlsd/delta_mean", "rlsd/clip_low_frac", "rlsd/clip_high_frac", "reward")
+TRACE_EVERY = 5
 
 
 def heldout_curve(run_dir: Path) -> list[tuple[float, float]]:
@@ -80,22 +91,66 @@ def training_means(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def run_once(run: dict, out: Path) -> tuple[list[tuple[float, float]], dict[str, float]]:
-    done = out / "DONE"
+def training_traces(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """TRACE_METRICS every TRACE_EVERY steps: what the teacher did over training, not only on average."""
+    records = load_metrics(run_dir)
+    traces = {}
+    for name in TRACE_METRICS:
+        steps, values = series(records, name)
+        kept = [(step, round(value, 5)) for step, value in zip(steps, values) if step % TRACE_EVERY == 0]
+        if kept:
+            traces[name] = kept
+    return traces
+
+
+def result_path(out: Path, task: str, ws_name: str, name: str, seed: int) -> Path:
+    """The committed record of one finished run (the run directory itself is not committed)."""
+    return out / "results" / f"{task}-{ws_name}-{name.replace('=', '-')}-seed{seed}.json"
+
+
+def run_once(run: dict, run_dir: Path, result_file: Path | None = None) -> dict:
+    """Train one run unless its result exists; return its result (held-out curve, teacher statistics, cost).
+
+    A run counts as finished when its result file exists (or, for benchmarks without result files, when the run
+    directory holds `DONE`), so an interrupted benchmark reruns only unfinished runs, on any machine.
+    """
+    if result_file is not None and result_file.is_file():
+        return json.loads(result_file.read_text())
+    done = run_dir / "DONE"
+    seconds = None
     if not done.exists():
-        train(run, output_dir=out)
+        started = time.perf_counter()
+        train(run, output_dir=run_dir)
+        seconds = round(time.perf_counter() - started, 1)
         done.write_text("ok\n")
-    return heldout_curve(out), training_means(out)
+    result = {"curve": heldout_curve(run_dir), "training_means": training_means(run_dir),
+              "traces": training_traces(run_dir), "seconds": seconds, "machine": machine_facts()}
+    if result_file is not None:
+        result_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = result_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, result_file)  # a stopped run never leaves half a result
+    return result
+
+
+def split_variant(name: str) -> tuple[str, set[int] | None]:
+    """`opsd@0` -> ("opsd", {0}): the variant runs from those warm starts (SFT seeds) only; `rlsd` -> all."""
+    name, _, only = name.strip().partition("@")
+    return name, ({int(w) for w in only.split("+") if w} if only else None)
 
 
 def variants_from(names: str, ablation: bool) -> dict[str, tuple[str, dict]]:
     if ablation:
         return {name: ("rlsd", fields) for name, fields in ABLATIONS.items()}
     variants = {}
-    for name in (n.strip() for n in names.split(",") if n.strip()):
+    for name in (split_variant(n)[0] for n in names.split(",") if n.strip()):
         algorithm, fields = algorithm_variant(name)
         variants[name] = (algorithm, {**VARIANT_DEFAULTS.get(algorithm, {}), **fields})
     return variants
+
+
+def warm_start_subsets(names: str) -> dict[str, set[int] | None]:
+    return dict(split_variant(n) for n in names.split(",") if n.strip())
 
 
 def plot(panels: dict[str, dict[str, list]], out_png: Path) -> None:
@@ -126,7 +181,7 @@ def plot(panels: dict[str, dict[str, list]], out_png: Path) -> None:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default="arithmetic,linear")
+    parser.add_argument("--tasks", default=None, help="tasks (default arithmetic,linear; with --full: a subset of its plan)")
     parser.add_argument("--algorithms", default="grpo,rlsd,opsd,opd",
                         help="variants: rlsd, grpo, opsd, opd, sdpo, grpo+opsd, X+contrast")
     parser.add_argument("--teacher-contrast", choices=("none", "wrong_reference"), default="none",
@@ -156,25 +211,78 @@ def parse_args(argv):
     parser.add_argument("--only-finished", action="store_true",
                         help="train nothing: summarise the warm starts and runs already finished in --out "
                              "(what `learning_jobs.py` does after its parallel runs)")
+    parser.add_argument("--warm-start-dir", default=None,
+                        help="directory of committed warm starts, one `TASK-sftSEED` per (task, SFT seed): used as "
+                             "they are, trained there only when missing (--full: benchmarks/warmstarts)")
+    parser.add_argument("--warm-starts-only", action="store_true",
+                        help="build (or check) the warm starts and their self-teacher's view, then stop")
     parser.add_argument("--out", default="benchmarks/results/learning")
     args = parser.parse_args(argv)
     args.plan = None
     if args.full:
-        args.plan, args.seeds, args.warm_starts = FULL["plan"], FULL["seeds"], FULL["warm_starts"]
+        args.plan = {t: v for t, v in FULL["plan"].items() if args.tasks is None or t in args.tasks.split(",")}
+        args.seeds, args.warm_starts = FULL["seeds"], FULL["warm_starts"]
         args.eval_size, args.privileged_fraction, args.steps = FULL["eval_size"], FULL["privileged_fraction"], FULL["steps"]
-        args.student_budget_s = max(args.student_budget_s, 1800.0)
+        args.student_budget_s = max(args.student_budget_s, 4 * 3600.0)  # a safety cap: one CPU thread is slow
         args.student_max_steps = max(args.student_max_steps, 6000)  # 8-step chains need more SFT than arithmetic
         args.student_eval_every = min(args.student_eval_every, 25)  # do not jump over the band
         args.reproducible_warm_start = True
         args.out = args.out if args.out != "benchmarks/results/learning" else FULL["out"]
+        args.warm_start_dir = args.warm_start_dir or FULL["warm_start_dir"]
     if args.quick:
         args.tasks, args.algorithms, args.seeds, args.steps = "arithmetic", "grpo,rlsd,sdpo,grpo+opsd", "0", 3
         args.eval_size = 32
         args.out = args.out if args.out != "benchmarks/results/learning" else "benchmarks/results/learning-quick"
     if args.plan is None:
-        tasks = [t for t in args.tasks.split(",") if t]
+        tasks = [t for t in (args.tasks or "arithmetic,linear").split(",") if t]
         args.plan = {t: args.algorithms for t in (tasks[:1] if args.ablation else tasks)}
     return args
+
+
+def student_for(task: str, sft_seed: int, args, out: Path, band: tuple[float, float], reproducible: dict):
+    """The warm-started student for (task, SFT seed): a committed checkpoint used as it is, or one trained here.
+
+    Returns (WarmStartResult, the self-teacher's view: held-out accuracy with the reference in the prompt), or
+    (None, None) with --only-finished when it does not exist.
+    """
+    ws_name = f"sft{sft_seed}"
+    if args.warm_start_dir:
+        ws_dir = Path(args.warm_start_dir) / f"{task}-{ws_name}"
+    else:  # SFT seed 0 keeps the directory name of the single-warm-start benchmark, so its runs are reused
+        ws_dir = out / (f"warmstart-{task}" if sft_seed == 0 else f"warmstart-{task}-{ws_name}")
+    student = load_result(ws_dir)
+    if student is None and args.only_finished:
+        return None, None
+    if student is None or not args.warm_start_dir:  # committed warm starts are never retrained behind your back
+        student = warm_start(task, ws_dir, seed=sft_seed, progress=not args.quick,
+                             **({"time_budget_s": 30.0, "max_steps": 200, "num_eval_rows": 32} if args.quick
+                                else {"target_accuracy": band, "time_budget_s": args.student_budget_s,
+                                      "max_steps": args.student_max_steps, "eval_every": args.student_eval_every,
+                                      "privileged_fraction": args.privileged_fraction, **reproducible}))
+    if student.accuracy_with_reference is None:  # measured once, recorded beside the checkpoint's other facts
+        student.accuracy_with_reference = self_teacher_accuracy(task, student.output_dir,
+                                                                num_rows=32 if args.quick else 100)
+        save_result(student)
+    return student, student.accuracy_with_reference
+
+
+def summary_entry(row: dict, pair: dict | None, warm_starts: list[str], eval_size: int) -> dict:
+    """One (task, algorithm) entry of summary.json, in a fixed shape: a `summarize` row, its pair against GRPO."""
+    entry = {"n_seeds": row["seeds"], "n_runs": row["runs"], "warm_starts": warm_starts, "heldout_size": eval_size,
+             "start_mean": row["start"], "final_mean": row["final_mean"],
+             "final_ci95": _interval(row["final_mean"], row["final_ci"]),
+             "best_mean": row["best_mean"], "late_mean": row["late_mean"], "late_ci95": _interval(row["late_mean"], row["late_ci"]),
+             "final_min": row["final_min"], "final_max": row["final_max"],
+             "steps_to_grpo_final": row["steps_to_baseline_final"]}
+    if pair is not None:
+        entry["paired_vs_grpo"] = {"mean": pair["final_diff"], "ci95": _interval(pair["final_diff"], pair["final_ci"]),
+                                   "wins": pair["final_wins"], "losses": pair["final_losses"], "n": pair["pairs"],
+                                   "late_mean": pair["late_diff"], "late_ci95": _interval(pair["late_diff"], pair["late_ci"])}
+    return entry
+
+
+def _interval(mean, half):
+    return None if mean is None or half is None else [round(mean - half, 4), round(mean + half, 4)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,20 +294,23 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    records, sections, summaries, panels = [], [], {}, {}
+    records, sections, summaries, panels, fixed_shape = [], [], {}, {}, {}
+    planned = finished = 0
+    machine_seconds = 0.0
     # Deterministic training and evaluations: the warm start enters the band at the same step on any load.
     reproducible = (dict(deterministic=True, num_threads=args.warm_start_threads)
                     if args.reproducible_warm_start else {})
     for task, names in args.plan.items():
         variants = variants_from(names, args.ablation)
+        subsets = {} if args.ablation else warm_start_subsets(names)
         if args.teacher_contrast != "none":
             from rlsd.config import CONTRAST_ALGORITHMS
 
             variants = {n: (a, {**f, "teacher_contrast": args.teacher_contrast} if a in CONTRAST_ALGORITHMS else f)
                         for n, (a, f) in variants.items()}
-        warm_starts, runs, per_ws_runs, teacher_stats = [], {}, {}, {}
+        warm_starts, runs, per_ws_runs, teacher_stats, traces = [], {}, {}, {}, {}
         teacher_dir = None
-        if any(algorithm == "opd" for algorithm, _ in variants.values()):
+        if any(algorithm == "opd" for algorithm, _ in variants.values()) and not args.only_finished:
             teacher = warm_start(task, out / f"teacher-{task}", seed=0, hidden_size=256, num_layers=4,
                                  target_accuracy=(0.6, 0.95), max_steps=args.teacher_steps,
                                  time_budget_s=60.0 if args.quick else 4 * 3600.0)
@@ -207,26 +318,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{task}] OPD teacher ({teacher.num_parameters} params): accuracy {teacher.accuracy:.2f}")
         for sft_seed in sft_seeds:
             ws_name = f"sft{sft_seed}"
-            # SFT seed 0 keeps the directory name of the single-warm-start benchmark, so its runs are reused.
-            ws_dir = out / (f"warmstart-{task}" if sft_seed == 0 else f"warmstart-{task}-{ws_name}")
-            if args.only_finished and load_result(ws_dir) is None:
-                print(f"[{task}/{ws_name}] no finished warm start in {ws_dir}: skipped", flush=True)
+            student, with_reference = student_for(task, sft_seed, args, out, band, reproducible)
+            if student is None:
+                print(f"[{task}/{ws_name}] no finished warm start: skipped", flush=True)
                 continue
-            student = warm_start(task, ws_dir, seed=sft_seed, progress=not args.quick,
-                                 **({"time_budget_s": 30.0, "max_steps": 200, "num_eval_rows": 32} if args.quick
-                                    else {"target_accuracy": band, "time_budget_s": args.student_budget_s,
-                                          "max_steps": args.student_max_steps, "eval_every": args.student_eval_every,
-                                          "privileged_fraction": args.privileged_fraction,
-                                          **reproducible}))
-            with_reference = self_teacher_accuracy(task, student.output_dir, num_rows=32 if args.quick else 100)
             warm_starts.append({"name": ws_name, "accuracy": student.accuracy, "in_band": student.in_band,
                                 "steps": student.steps, "with_reference": with_reference,
-                                "params": student.num_parameters})
+                                "params": student.num_parameters, "dir": student.output_dir})
             print(f"[{task}/{ws_name}] warm start: held-out accuracy {student.accuracy:.2f} "
-                  f"({'in' if student.in_band else 'OUTSIDE'} the band); with the reference in its prompt "
-                  f"(the self-teacher's view): {with_reference:.2f}", flush=True)
+                  f"({'in' if student.in_band else 'OUTSIDE'} the band) after {student.steps} SFT steps; with the "
+                  f"reference in its prompt (the self-teacher's view): {with_reference:.2f}", flush=True)
+            if args.warm_starts_only:
+                continue
             for name, (algorithm, fields) in variants.items():
+                if subsets.get(name) is not None and sft_seed not in subsets[name]:
+                    continue
                 for seed in seeds:
+                    planned += 1
                     run = quickstart_run(task, student.output_dir, algorithm, args.steps, seed, fast=args.quick)
                     run["task_eval_size"] = args.eval_size
                     run["training"].update(copy.deepcopy(fields))
@@ -235,16 +343,23 @@ def main(argv: list[str] | None = None) -> int:
                         run["training"]["teacher_model"] = teacher_dir
                     sub = f"{task}/{name.replace('=', '-')}/seed{seed}" if sft_seed == 0 else \
                         f"{task}/{ws_name}/{name.replace('=', '-')}/seed{seed}"
-                    if args.only_finished and not (out / sub / "DONE").exists():
+                    result_file = result_path(out, task, ws_name, name, seed) if args.warm_start_dir else None
+                    if args.only_finished and not ((result_file and result_file.is_file())
+                                                   or (out / sub / "DONE").exists()):
                         continue
                     print(f"[{task}/{ws_name}] {name} seed {seed}", flush=True)
-                    curve, means = run_once(run, out / sub)
+                    result = run_once(run, out / sub, result_file)
+                    finished += 1
+                    machine_seconds += result.get("seconds") or 0.0
+                    curve, means = [tuple(point) for point in result["curve"]], result["training_means"]
                     records.append({"task": task, "warm_start": ws_name, "variant": name, "seed": seed,
-                                    "curve": curve, "training_means": means})
+                                    "curve": curve, "training_means": means, "seconds": result.get("seconds")})
                     runs.setdefault(name, {})[(ws_name, seed)] = curve
                     per_ws_runs.setdefault(ws_name, {}).setdefault(name, {})[seed] = curve
                     for metric, value in means.items():
                         teacher_stats.setdefault(name, {}).setdefault(metric, []).append(value)
+                    for metric, trace in result.get("traces", {}).items():
+                        traces.setdefault(name, {}).setdefault(metric, []).append(trace)
             panels[f"{task} / {ws_name} ({student.accuracy:.2f})"] = {
                 n: list(by_seed.values()) for n, by_seed in per_ws_runs.get(ws_name, {}).items()}
         if not runs:
@@ -261,7 +376,15 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(task_markdown(task, warm_starts, summary, per_ws, pairs, rlsd_like, baseline, notes))
         summaries[task] = {"warm_starts": warm_starts, "summary": summary, "per_warm_start": per_ws,
                            "paired": pairs, "training_means": {n: {k: statistics.mean(v) for k, v in s.items()}
-                                                               for n, s in teacher_stats.items()}}
+                                                               for n, s in teacher_stats.items()},
+                           "training_traces": {n: {m: mean_trace(t) for m, t in by_metric.items()}
+                                               for n, by_metric in traces.items()}}
+        for row in summary:
+            name = row["variant"]
+            row["seeds"] = len({seed for _, seed in runs[name]})
+            pair = next((p for p in pairs if p["variant"] == name), None)
+            fixed_shape.setdefault(task, {})[name] = summary_entry(
+                row, pair, sorted({ws for ws, _ in runs[name]}), args.eval_size)
         print(sections[-1], flush=True)
 
     curves = {}
@@ -269,16 +392,54 @@ def main(argv: list[str] | None = None) -> int:
         curves.setdefault(r["task"], {}).setdefault(r["variant"], []).append(r["curve"])
     (out / "runs.json").write_text(json.dumps(records, indent=1))
     (out / "curves.json").write_text(json.dumps(curves, indent=1))
-    (out / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))
+    details = out / ("details.json" if args.warm_start_dir else "summary.json")
+    details.write_text(json.dumps(summaries, indent=1, default=str))
+    if args.warm_start_dir:  # the fixed shape: task -> algorithm -> n_seeds, warm_starts, final_mean, ...
+        (out / "summary.json").write_text(json.dumps(fixed_shape, indent=1) + "\n")
     plot(panels, out / "learning.png")
+    if any(s.get("training_traces") for s in summaries.values()):
+        plot_traces(summaries, out / "teacher.png")
     elapsed = time.perf_counter() - started
     command = "python benchmarks/learning.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    progress = (f"{finished} of {planned} planned runs finished; their training took {machine_seconds / 3600:.2f} "
+                f"machine-hours (sum of run wall times, one CPU thread each where run in parallel jobs)")
     header = (f"Held-out greedy accuracy. Command: `{command}`. {args.steps} RL steps; RL seeds {seeds}; warm starts "
-              f"(SFT seeds) {sft_seeds}; privileged_fraction={args.privileged_fraction}; this invocation took "
-              f"{elapsed:.0f}s (runs finished earlier are reused, not rerun).\n\n")
+              f"(SFT seeds) {sft_seeds}; privileged_fraction={args.privileged_fraction}; {progress}; this invocation "
+              f"took {elapsed:.0f}s (runs finished earlier are reused, not rerun).\n\n")
     (out / "table.md").write_text(header + "\n".join(sections))
+    print(progress)
     print(f"wrote {out}/runs.json, curves.json, summary.json, learning.png, table.md ({elapsed:.0f}s)")
     return 0
+
+
+def mean_trace(traces: list[list]) -> list[tuple[float, float]]:
+    """Mean over runs of a per-step trace, at the steps every run logged."""
+    return [(step, mean) for step, mean, _, _ in mean_curve([[tuple(p) for p in t] for t in traces])]
+
+
+def plot_traces(summaries: dict, out_png: Path) -> None:
+    """What the teacher did over training: RLSD's delta mean and clip fractions per variant (mean over runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = TRACE_METRICS[:3]
+    fig, axes = plt.subplots(len(summaries), len(metrics), figsize=(5 * len(metrics), 3.2 * len(summaries)),
+                             squeeze=False)
+    for row, (task, summary) in zip(axes, summaries.items()):
+        for ax, metric in zip(row, metrics):
+            for name, by_metric in summary.get("training_traces", {}).items():
+                if by_metric.get(metric):
+                    steps, values = zip(*by_metric[metric])
+                    ax.plot(steps, values, label=name)
+            ax.set_title(f"{task}: {metric}", fontsize=9)
+            ax.set_xlabel("RL step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

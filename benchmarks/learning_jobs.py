@@ -15,6 +15,7 @@ runs alone, saying how many seeds each variant has. Job logs go to `OUT/logs/`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -29,6 +30,31 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import learning  # noqa: E402
 
 
+def job_name(task: str, variant: str, seed: str, ws: str) -> str:
+    return f"{task}-sft{ws}-{variant}-seed{seed}"
+
+
+def result_file(args, task: str, variant: str, seed: str, ws: str) -> Path:
+    return learning.result_path(Path(args.out), task, f"sft{ws}", variant, int(seed))
+
+
+def warm_start_exists(args, task: str, ws: str) -> bool:
+    return bool(args.warm_start_dir) and learning.load_result(Path(args.warm_start_dir) / f"{task}-sft{ws}") is not None
+
+
+def commit(path: Path, message: str) -> None:
+    """Commit one finished run's result file (and nothing else) so that a stopped session loses nothing finished."""
+    for attempt in range(10):  # another git command (a person, another job) may hold the index lock for a moment
+        added = subprocess.run(["git", "add", "--", str(path)], capture_output=True, text=True)
+        done = added.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", str(path)], capture_output=True, text=True).returncode == 0
+        if done:
+            print(f"[jobs] committed {path}", flush=True)
+            return
+        time.sleep(2.0 + attempt)
+    print(f"[jobs] could not commit {path} (it is on disk; commit it by hand)", flush=True)
+
+
 def child_args(args, task: str, variants: str, seeds: str, warm_starts: str) -> list[str]:
     """`learning.py` arguments for one slice of the grid, with every other setting as the parent parsed it."""
     return ["--tasks", task, "--algorithms", variants, "--seeds", seeds, "--warm-starts", warm_starts,
@@ -37,6 +63,7 @@ def child_args(args, task: str, variants: str, seeds: str, warm_starts: str) -> 
             "--student-max-steps", str(args.student_max_steps),
             "--student-eval-every", str(args.student_eval_every), "--band", args.band,
             "--teacher-contrast", args.teacher_contrast, "--out", str(args.out),
+            *(["--warm-start-dir", str(args.warm_start_dir)] if args.warm_start_dir else []),
             *(["--reproducible-warm-start", "--warm-start-threads", str(args.warm_start_threads)]
               if args.reproducible_warm_start else [])]
 
@@ -44,11 +71,12 @@ def child_args(args, task: str, variants: str, seeds: str, warm_starts: str) -> 
 class Pool:
     """At most `size` child processes, each in its own process group so that a stop reaches its workers too."""
 
-    def __init__(self, size: int, logs: Path, deadline: float):
+    def __init__(self, size: int, logs: Path, deadline: float, commit_results: bool = False):
         self.size, self.logs, self.deadline, self.running = size, logs, deadline, []
+        self.commit_results = commit_results
         logs.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: list[str]) -> None:
+    def start(self, name: str, argv: list[str], result: Path | None = None) -> None:
         while len(self.running) >= self.size:
             self.reap()
             time.sleep(1.0)
@@ -56,18 +84,21 @@ class Pool:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed in reap()
         proc = subprocess.Popen([sys.executable, str(HERE / "learning.py"), *argv], stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.running.append((name, proc, log))
+        self.running.append((name, proc, log, result))
         print(f"[jobs] started {name} ({len(self.running)} running)", flush=True)
 
     def reap(self) -> None:
         if time.monotonic() > self.deadline:
             raise TimeoutError
         for item in list(self.running):
-            name, proc, log = item
+            name, proc, log, result = item
             if proc.poll() is not None:
                 log.close()
                 self.running.remove(item)
                 print(f"[jobs] {name} ended with code {proc.returncode}", flush=True)
+                if self.commit_results and proc.returncode == 0 and result is not None and result.is_file():
+                    seconds = json.loads(result.read_text()).get("seconds")
+                    commit(result, f"learning-full: {name} finished ({seconds}s of one CPU thread)")
 
     def wait(self) -> None:
         while self.running:
@@ -75,7 +106,7 @@ class Pool:
             time.sleep(1.0)
 
     def stop(self) -> None:
-        for name, proc, log in self.running:
+        for name, proc, log, _ in self.running:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -89,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=max((os.cpu_count() or 2) - 1, 1))
+    parser.add_argument("--commit", action="store_true",
+                        help="git-commit each finished run's result file as it finishes (needs --warm-start-dir or "
+                             "--full, whose results are files under OUT/results/)")
+    parser.add_argument("--nice", type=int, default=0, help="run the jobs at this niceness (leave the cores to you)")
     parser.add_argument("--deadline-s", type=float, default=float("inf"),
                         help="stop launching and stop running jobs after this many seconds, then summarise")
     ours = parser.parse_args(argv[:split])
@@ -97,25 +132,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--ablation and --quick run in learning.py itself")
     out = Path(args.out)
     start = time.monotonic()
-    pool = Pool(ours.jobs, out / "logs", start + ours.deadline_s)
+    pool = Pool(ours.jobs, out / "logs", start + ours.deadline_s, commit_results=ours.commit)
+    if ours.nice:
+        os.nice(ours.nice)  # the children inherit it
     seeds = [s for s in args.seeds.split(",") if s]
     warm_starts = [w for w in args.warm_starts.split(",") if w]
-    try:
-        for task, names in args.plan.items():  # phase 1: the warm starts (each with its first run)
-            variants = [n for n in names.split(",") if n]
-            if any(learning.variants_from(v, False)[v][0] == "opd" for v in variants):
-                parser.error("opd builds one shared teacher per task: run it with learning.py, not in parallel")
+    grid = []  # (task, variant, seed, warm start): seed-major, so that a deadline leaves whole (warm start, seed) pairs
+    for seed in seeds:
+        for task, names in args.plan.items():
             for ws in warm_starts:
-                pool.start(f"{task}-sft{ws}-{variants[0]}-seed{seeds[0]}",
-                           child_args(args, task, variants[0], seeds[0], ws))
+                for variant, only in (learning.split_variant(n) for n in names.split(",") if n.strip()):
+                    if only is None or int(ws) in only:
+                        grid.append((task, variant, seed, ws))
+    for task, variant, seed, ws in grid:
+        if learning.variants_from(variant, False)[variant][0] == "opd":
+            parser.error("opd builds one shared teacher per task: run it with learning.py, not in parallel")
+    todo = [job for job in grid if not (args.warm_start_dir and result_file(args, *job).is_file())]
+    print(f"[jobs] {len(grid) - len(todo)} of {len(grid)} runs already have a result; {len(todo)} to run", flush=True)
+    try:
+        first = {}  # phase 1: the first run of each (task, warm start) without a finished warm start builds it
+        for job in todo:
+            if not warm_start_exists(args, job[0], job[3]):
+                first.setdefault((job[0], job[3]), job)
+        for task, variant, seed, ws in first.values():
+            pool.start(job_name(task, variant, seed, ws), child_args(args, task, variant, seed, ws),
+                       result_file(args, task, variant, seed, ws))
         pool.wait()
-        # phase 2: every other run, seed by seed, so that a deadline leaves whole (warm start, seed) pairs
-        for seed in seeds:
-            for task, names in args.plan.items():
-                for ws in warm_starts:
-                    for variant in (n for n in names.split(",") if n):
-                        if (variant, seed) != (names.split(",")[0], seeds[0]):
-                            pool.start(f"{task}-sft{ws}-{variant}-seed{seed}", child_args(args, task, variant, seed, ws))
+        for job in todo:  # phase 2: everything else
+            if job not in first.values():
+                task, variant, seed, ws = job
+                pool.start(job_name(*job), child_args(args, task, variant, seed, ws), result_file(args, *job))
         pool.wait()
     except TimeoutError:
         print(f"[jobs] deadline of {ours.deadline_s:.0f}s reached", flush=True)

@@ -57,7 +57,7 @@ def test_rows_have_the_documented_shape(name):
             assert len(row["prompt"]) == 1 and row["prompt"][0]["role"] == "user" and question(row)
             assert row["solution"].splitlines()[-1] == f"Answer: {row['answer']}"
             if name in LONG_HORIZON:
-                assert len(question(row)) <= 100 and len(row["solution"]) >= 150
+                assert len(question(row)) <= 100 and len(row["solution"].splitlines()) >= 9 and len(row["solution"]) >= 55
             else:
                 assert len(question(row)) <= 60 and len(row["solution"]) <= 80
             assert set(question(row) + row["solution"]) <= set(CHARACTERS)
@@ -204,10 +204,10 @@ def test_chain_is_long_horizon_and_every_step_matters(difficulty):
         ops = ops.split(", ")
         steps = row["solution"].splitlines()[:-1]
         assert len(ops) == len(steps) >= 8
-        assert len(tokenizer(row["solution"])["input_ids"]) >= 150
+        assert len(tokenizer(row["solution"])["input_ids"]) >= 55
         previous = int(start)
-        for k, (op, line) in enumerate(zip(ops, steps), start=1):
-            a, sign, b, result = re.fullmatch(rf"Step {k}: (\d+) ([-+*]) (\d+) = (\d+)", line).groups()
+        for op, line in zip(ops, steps):
+            a, sign, b, result = re.fullmatch(r"(\d+)([-+*])(\d+)=(\d+)", line).groups()
             assert int(a) == previous and f"{sign}{b}" == op, "each step starts from the previous result"
             previous = int(result)
         assert str(previous) == row["answer"] == str(_run_chain(int(start), ops))

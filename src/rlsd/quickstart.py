@@ -8,6 +8,7 @@ Nothing is downloaded: the tokenizer and model are built locally.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from .progress import CompactProgressCallback
 from .report import markdown_table, report
 from .run import check_output_dir, train
 from .tasks import get_task
-from .app.warmstart import _deterministic, _torch_threads, warm_start
+from . import tasks as tasks_package
+from .app.warmstart import (WarmStartResult, _deterministic, _torch_threads, load_result, recorded_arguments,
+                            warm_start)
 from .teacher import with_reference
 
 QUICKSTART_ALGORITHMS = ("rlsd", "grpo")
@@ -39,6 +42,27 @@ WARM_START_CAP_S = 7200.0
 # both hit the 1200 s cap at steps 680/690 with 0.21 held-out accuracy, below the band (issue 14's session).
 QUICKSTART_THREADS = 2
 PROGRESS_EVERY = 10  # steps between compact progress lines
+# Warm starts shipped with the package, one directory per task (HF model + tokenizer + `warmstart.json` with the
+# settings that trained it and its held-out accuracy, plain and with the reference): the same files on every
+# machine, so every first run starts from the same checkpoint and the quickstart is the RL comparison itself.
+# `rlsd quickstart --retrain-warm-start` trains one from scratch with the recorded settings instead.
+SHIPPED_WARM_STARTS = Path(tasks_package.__file__).resolve().parent / "warmstarts"
+
+
+def shipped_warm_start(task: str) -> Path | None:
+    """The committed warm-start checkpoint for `task` shipped with the package, or None if there is none."""
+    path = SHIPPED_WARM_STARTS / task
+    return path if load_result(path) is not None else None
+
+
+def copy_warm_start(source: Path, destination: Path) -> WarmStartResult:
+    """Copy a shipped warm start into the run directory (so the run is self-contained) and return its record."""
+    if load_result(destination) is None or (destination / "warmstart.json").read_bytes() != \
+            (source / "warmstart.json").read_bytes():
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+    result = load_result(destination)
+    result.reused = True
+    return result
 
 
 def self_teacher_accuracy(task: str, model_dir: str, num_rows: int = 100) -> float:
@@ -141,24 +165,40 @@ def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: 
 
 
 def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int = 0,
-                   output_dir: str = "runs/quickstart", fast: bool = False) -> Path:
+                   output_dir: str = "runs/quickstart", fast: bool = False,
+                   retrain_warm_start: bool = False) -> Path:
+    """Warm start (the shipped checkpoint where the task has one), then RLSD and GRPO from it; a report.
+
+    `retrain_warm_start` trains the warm start from scratch with the shipped checkpoint's recorded settings (or,
+    for a task without one, the settings below); `fast` always trains a short one (a pipeline check).
+    """
     out = check_output_dir(output_dir)
     sizes = budget(task, fast)
     steps = steps or sizes["steps"]
     started = time.perf_counter()
     eval_rows = sizes["eval_rows"]
     reproducible = reproducible_warm_start(task, fast)
-    warm = warm_start(task, out / "warmstart", seed=seed, **{
-        "time_budget_s": sizes["warm_budget_s"], "max_steps": sizes["warm_max_steps"], "num_eval_rows": eval_rows,
-        "num_train_rows": sizes["warm_train_rows"], "eval_every": sizes["warm_eval_every"],
-        "target_accuracy": (0.2, 0.5) if fast else (0.3, 0.5), "privileged_fraction": WARM_START_PRIVILEGED_FRACTION,
-        **sizes["warm_start"], **reproducible})
+    shipped = None if fast else shipped_warm_start(task)
+    if shipped is not None and not retrain_warm_start:
+        warm = copy_warm_start(shipped, out / "warmstart")
+    elif shipped is not None:  # from scratch, with the recipe that made the shipped checkpoint
+        recorded = load_result(shipped)
+        warm = warm_start(task, out / "warmstart", **recorded_arguments(recorded.settings), force=True)
+    else:
+        warm = warm_start(task, out / "warmstart", seed=seed, **{
+            "time_budget_s": sizes["warm_budget_s"], "max_steps": sizes["warm_max_steps"],
+            "num_eval_rows": eval_rows, "num_train_rows": sizes["warm_train_rows"],
+            "eval_every": sizes["warm_eval_every"], "target_accuracy": (0.2, 0.5) if fast else (0.3, 0.5),
+            "privileged_fraction": WARM_START_PRIVILEGED_FRACTION, **sizes["warm_start"], **reproducible})
     threads = reproducible.get("num_threads")
-    with _torch_threads(threads):
-        with_reference = self_teacher_accuracy(task, str(out / "warmstart"), num_rows=eval_rows)
-    print(f"rlsd quickstart: warm start {'reused' if warm.reused else 'done'}: held-out accuracy "
-          f"{warm.accuracy:.2f} after {warm.steps} SFT steps ({warm.seconds:.0f}s); with the reference in the "
-          f"prompt (the self-teacher's view): {with_reference:.2f}", flush=True)
+    with_reference = warm.accuracy_with_reference if shipped is not None and not retrain_warm_start else None
+    if with_reference is None:
+        with _torch_threads(threads):
+            with_reference = self_teacher_accuracy(task, str(out / "warmstart"), num_rows=eval_rows)
+    origin = ("shipped checkpoint" if shipped is not None and not retrain_warm_start
+              else "reused" if warm.reused else "trained")
+    print(f"rlsd quickstart: warm start ({origin}): held-out accuracy {warm.accuracy:.2f} after {warm.steps} SFT "
+          f"steps; with the reference in the prompt (the self-teacher's view): {with_reference:.2f}", flush=True)
 
     run_dirs = []
     for algorithm in QUICKSTART_ALGORITHMS:
@@ -174,6 +214,7 @@ def run_quickstart(task: str = "arithmetic", steps: int | None = None, seed: int
     rows = reported["summary"]
     summary = {"task": task, "steps": steps, "seed": seed, "fast": fast,
                "warm_start": {"accuracy": warm.accuracy, "steps": warm.steps, "seconds": warm.seconds,
+                              "origin": origin,
                               "accuracy_with_reference": with_reference, "in_band": warm.in_band,
                               "capped": warm.capped, "fixed_steps": reproducible.get("fixed_steps"),
                               "threads": threads, "deterministic": reproducible.get("deterministic", False)},

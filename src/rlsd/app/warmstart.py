@@ -52,6 +52,9 @@ class WarmStartResult:
     num_parameters: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    # Held-out accuracy with the reference in the prompt (what a self-teacher sees), once someone measured it.
+    accuracy_with_reference: float | None = None
+    machine: dict[str, Any] = field(default_factory=dict)  # what trained it: CPU, torch version and threads
 
 
 def warm_start(
@@ -144,8 +147,30 @@ def warm_start(
     with _torch_threads(num_threads), _deterministic(deterministic):
         result = _train(task, output_dir, settings, progress=progress)
     result.seconds = round(time.perf_counter() - started, 1)
+    result.machine = machine_facts(num_threads)
     _write_json(output_dir / RESULT_FILE, asdict(result))
     return result
+
+
+# `warm_start` keyword arguments that its recorded `settings` hold under the same name.
+_RECORDED_ARGUMENTS = ("seed", "difficulty", "max_steps", "time_budget_s", "eval_every", "num_train_rows",
+                       "num_eval_rows", "hidden_size", "num_layers", "num_heads", "learning_rate", "batch_size",
+                       "warmup_steps", "max_new_tokens", "privileged_fraction", "fixed_steps", "deterministic",
+                       "num_threads", "group_by_length")
+
+
+def recorded_arguments(settings: dict[str, Any]) -> dict[str, Any]:
+    """The `warm_start(task, dir, **kwargs)` arguments that retrain the checkpoint these `settings` describe.
+
+    `warm_start(settings["task"], new_dir, **recorded_arguments(settings))` records the same settings again, and
+    with `deterministic` on the same thread count and kind of CPU it trains the same weights (tested).
+    """
+    if settings.get("version") != FORMAT_VERSION:
+        raise ValueError(f"warm-start settings of format version {settings.get('version')!r}; this rlsd trains "
+                         f"version {FORMAT_VERSION} (retrain with the current recipe instead)")
+    kwargs = {key: settings[key] for key in _RECORDED_ARGUMENTS if key in settings}
+    kwargs["target_accuracy"] = tuple(settings["target_accuracy"])
+    return kwargs
 
 
 def load_result(output_dir: str | os.PathLike) -> WarmStartResult | None:
@@ -155,9 +180,15 @@ def load_result(output_dir: str | os.PathLike) -> WarmStartResult | None:
         return None
     try:
         data = json.loads(path.read_text())
+        data["output_dir"] = str(output_dir)  # where it is now (a committed or copied warm start moved)
         return WarmStartResult(**{k: v for k, v in data.items() if k in WarmStartResult.__dataclass_fields__})
     except (ValueError, TypeError):
         return None
+
+
+def save_result(result: WarmStartResult) -> None:
+    """Rewrite `result` into its directory's `warmstart.json` (e.g. after measuring the self-teacher's view)."""
+    _write_json(Path(result.output_dir) / RESULT_FILE, asdict(result))
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -291,6 +322,21 @@ def _train(task: Task, output_dir: Path, s: dict[str, Any], *, progress: bool) -
         steps=trainer.state.global_step, seconds=0.0, capped=bool(stopped), num_parameters=model.num_parameters(),
         history=history, settings=s,
     )
+
+
+def machine_facts(num_threads: int | None = None) -> dict[str, Any]:
+    """The facts that decide whether another machine retrains the same floats: CPU model, torch, threads."""
+    import platform
+
+    import torch
+
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), platform.processor())
+    except OSError:
+        cpu = platform.processor()
+    return {"cpu": cpu, "torch": torch.__version__, "threads": num_threads or torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 @contextmanager

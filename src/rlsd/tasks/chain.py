@@ -1,14 +1,18 @@
 """Long-horizon chains: `Start at 37, then: +5, -3, *2, ... Give the final value.`, one dependent step per line.
 
 Every operation acts on the previous result, so one wrong intermediate step makes the final answer wrong:
-the reward (exact final value) is sparse while the worked solution is long (8-12 steps, >= 150 characters,
-i.e. >= 150 tokens with the char-level tokenizer). This is where per-token credit has the most to assign.
+the reward (exact final value) is sparse while the worked solution is long (8-12 dependent steps, each line
+`a op b = c` written compactly as `37+5=42`, about 70-130 tokens with the char-level tokenizer). This is where
+per-token credit has the most to assign.
 
 Difficulty sets the number of steps, the operand size and the operations:
 1. 8 steps of + and - with operands 1-9 (start 10-50)
 2. 10 steps of +, - and *2 (while the value is <= 50), operands 1-20
 3. 12 steps of +, -, *2 and *3 (while the value is <= 99), operands 1-50
-Values never go negative. The solution writes `Step k: a op b = c` per line, then `Answer: c`.
+Values never go negative. The solution writes `a op b = c` per line (no spaces, as the `arithmetic` task does),
+then `Answer: c`. Until 2026-12 a line read `Step k: a op b = c` (150-290 tokens): the compact form halves
+every rollout, SFT row and teacher pass, which is what lets the long-horizon benchmark run on two CPU cores
+(benchmarks/RESULTS.md), and keeps the property that matters: every step depends on the one before.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from .base import Row, chat_prompt, sampled_task
 NAME = "chain"
 # difficulty -> (steps, largest operand, [(multiplier, apply while value <= bound)])
 LEVELS = {1: (8, 9, []), 2: (10, 20, [(2, 50)]), 3: (12, 50, [(2, 99), (3, 99)])}
-# Worked solutions run to 170 characters at difficulty 1 (the default), 234 at 2 and 288 at 3: raise
-# max_completion_length / max_new_tokens to 256 or 320 for those.
-COMPLETION_TOKENS = 192
+# Worked solutions run to ~85 characters at difficulty 1 (the default), ~120 at 2 and ~160 at 3: raise
+# max_completion_length / max_new_tokens for the higher difficulties.
+COMPLETION_TOKENS = 96
 
 
 def _sample(difficulty: int):
@@ -31,7 +35,7 @@ def _sample(difficulty: int):
     def sample(rng: random.Random) -> tuple[str, Row]:
         value = rng.randint(10, 50)
         start, ops, lines = value, [], []
-        for step in range(1, num_steps + 1):
+        for _ in range(num_steps):
             usable = [m for m, bound in multipliers if value <= bound]
             if usable and rng.random() < 0.25:
                 operand, op = rng.choice(usable), "*"
@@ -43,7 +47,7 @@ def _sample(difficulty: int):
                 operand, op = rng.randint(1, max_operand), "+"
                 new = value + operand
             ops.append(f"{op}{operand}")
-            lines.append(f"Step {step}: {value} {op} {operand} = {new}")
+            lines.append(f"{value}{op}{operand}={new}")
             value = new
         key = f"{start}:{','.join(ops)}"
         question = f"Start at {start}, then: {', '.join(ops)}. Give the final value."
