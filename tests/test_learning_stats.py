@@ -1,5 +1,6 @@
 """The learning benchmark's statistics: intervals, paired differences, steps to the baseline's final."""
 
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -51,15 +52,100 @@ def test_full_design_is_one_command_and_variants_resolve():
     import learning
 
     args = learning.parse_args(["--full"])
-    assert args.plan == {"chain": "grpo,rlsd,opsd,sdpo,grpo+opsd,rlsd+contrast", "arithmetic": "grpo,rlsd"}
+    assert args.plan == {"chain": "grpo,rlsd,rlsd+contrast,opsd@0,sdpo@0,grpo+opsd@0", "arithmetic": "grpo,rlsd"}
     assert (args.seeds, args.warm_starts, args.eval_size, args.privileged_fraction) == ("0,1,2,3,4", "0,1", 500, 0.5)
     assert args.student_eval_every == 25 and args.out == "benchmarks/results/learning-full"
+    assert args.warm_start_dir == "benchmarks/warmstarts", "the committed warm starts, the same on every machine"
     variants = learning.variants_from(args.plan["chain"], ablation=False)
     assert variants["rlsd+contrast"] == ("rlsd", {"teacher_contrast": "wrong_reference"})
     assert variants["sdpo"] == ("sdpo", {"distill_divergence": "sampled_token"}), "SDPO as TRL runs it"
     assert variants["grpo+opsd"] == ("grpo+opsd", {})
+    assert learning.warm_start_subsets(args.plan["chain"]) == {
+        "grpo": None, "rlsd": None, "rlsd+contrast": None, "opsd": {0}, "sdpo": {0}, "grpo+opsd": {0}}
+    assert learning.parse_args(["--full", "--tasks", "chain"]).plan == {"chain": args.plan["chain"]}
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
         learning.variants_from("grpo,ppo", ablation=False)
+
+
+def test_parallel_jobs_run_the_design_grid_and_only_what_has_no_result(tmp_path, monkeypatch):
+    """learning_jobs.py launches one job per (task, warm start, variant, seed) of the design (name@0 variants from
+    the first warm start only), skips runs whose result file exists, and commits nothing unless asked."""
+    import learning
+    import learning_jobs
+
+    started = []
+
+    class RecordingPool:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def start(self, name, argv, result=None):
+            started.append((name, argv, result))
+
+        def wait(self):
+            pass
+
+    monkeypatch.setattr(learning_jobs, "Pool", RecordingPool)
+    monkeypatch.setattr(learning_jobs.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 0})())
+    out = tmp_path / "full"
+    done = learning.result_path(out, "chain", "sft1", "rlsd+contrast", 4)
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    assert learning_jobs.main(["--jobs", "2", "--", "--full", "--out", str(out)]) == 0
+    names = {name for name, _, _ in started}
+    assert len(names) == len(started) == 3 * 5 * 2 + 3 * 5 + 2 * 5 * 2 - 1  # the design, less the finished run
+    assert "chain-sft1-rlsd+contrast-seed4" not in names and "chain-sft0-opsd-seed3" in names
+    assert not any("-sft1-opsd-" in n or "-sft1-sdpo-" in n or "-sft1-grpo+opsd-" in n for n in names)
+    name, argv, result = next(item for item in started if item[0] == "chain-sft1-rlsd-seed2")
+    child = learning.parse_args(argv)
+    assert child.warm_start_dir == "benchmarks/warmstarts" and child.eval_size == 500
+    assert (child.tasks, child.algorithms, child.seeds, child.warm_starts) == ("chain", "rlsd", "2", "1")
+    assert result == learning.result_path(out, "chain", "sft1", "rlsd", 2)
+
+
+def test_a_finished_run_is_its_result_file(tmp_path, monkeypatch):
+    """run_once trains only when the run has no result; the result file alone (no run directory: another machine,
+    an earlier session) is enough to count the run and summarise it."""
+    import learning
+
+    calls = []
+
+    def fake_train(run, output_dir):
+        calls.append(output_dir)
+        output_dir.mkdir(parents=True)
+        (output_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+            {"step": 0, "eval/accuracy": 0.3}, {"step": 5, "rlsd/delta_mean": -0.2, "rlsd/clip_high_frac": 0.1,
+                                                "reward": 0.4}, {"step": 10, "eval/accuracy": 0.4}]))
+
+    monkeypatch.setattr(learning, "train", fake_train)
+    result_file = learning.result_path(tmp_path, "chain", "sft0", "rlsd", 0)
+    first = learning.run_once({}, tmp_path / "run", result_file)
+    assert calls == [tmp_path / "run"] and first["curve"] == [(0, 0.3), (10, 0.4)]
+    assert first["training_means"]["rlsd/delta_mean"] == -0.2 and first["traces"]["reward"] == [(5, 0.4)]
+    assert first["seconds"] is not None and first["machine"]["threads"] >= 1
+    import shutil
+
+    shutil.rmtree(tmp_path / "run")
+    again = learning.run_once({}, tmp_path / "run", result_file)
+    assert len(calls) == 1 and again["curve"] == [[0, 0.3], [10, 0.4]]  # read back from the JSON file
+
+
+def test_summary_entry_has_the_fixed_shape():
+    import learning
+
+    runs = {"grpo": {("sft0", 0): [(0, 0.3), (100, 0.4)], ("sft0", 1): [(0, 0.3), (100, 0.44)]},
+            "rlsd": {("sft0", 0): [(0, 0.3), (100, 0.46)], ("sft0", 1): [(0, 0.3), (100, 0.42)]}}
+    rows = summarize(runs)
+    pair = paired_differences(runs, "rlsd")
+    rlsd_row = next(r for r in rows if r["variant"] == "rlsd")
+    rlsd_row["seeds"] = 2
+    entry = learning.summary_entry(rlsd_row, pair, ["sft0"], 500)
+    assert entry["n_seeds"] == 2 and entry["warm_starts"] == ["sft0"] and entry["heldout_size"] == 500
+    assert entry["final_mean"] == pytest.approx(0.44) and len(entry["final_ci95"]) == 2
+    assert entry["final_ci95"][0] < 0.44 < entry["final_ci95"][1]
+    paired = entry["paired_vs_grpo"]
+    assert paired["mean"] == pytest.approx(0.02) and paired["wins"] == 1 and paired["n"] == 2
+    assert paired["ci95"][0] < 0.02 < paired["ci95"][1]
 
 
 def test_parallel_jobs_keep_every_warm_start_setting():

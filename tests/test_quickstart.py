@@ -61,3 +61,47 @@ def test_full_quickstart_warm_start_is_a_fixed_deterministic_step_count():
     assert "fixed_steps" not in reproducible_warm_start("arithmetic", fast=True)
     assert "fixed_steps" not in reproducible_warm_start("linear", fast=False)  # no count chosen: band-stopped
     assert reproducible_warm_start("shapes", fast=False) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_quickstart_starts_from_the_shipped_warm_start_and_can_retrain_it(tmp_path, monkeypatch, capsys):
+    """With a shipped checkpoint for the task, the quickstart copies it (no SFT) and its record (accuracy, the
+    self-teacher's view) is what the summary reports; --retrain-warm-start retrains it from the recorded settings
+    and gets the same weights. A tiny stand-in replaces the real shipped checkpoint to keep this fast."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import rlsd.quickstart as quickstart
+    from rlsd.tasks.warmstart import load_result, save_result, warm_start
+
+    shipped_root = tmp_path / "shipped"
+    recipe = dict(seed=0, fixed_steps=4, num_threads=1, deterministic=True, privileged_fraction=0.5,
+                  num_train_rows=64, num_eval_rows=4, hidden_size=32, num_layers=1, num_heads=2, batch_size=8,
+                  max_new_tokens=8, warmup_steps=1, progress=False)
+    warm_start("arithmetic", shipped_root / "arithmetic", **recipe)
+    record = load_result(shipped_root / "arithmetic")
+    record.accuracy_with_reference = 0.5
+    save_result(record)
+    monkeypatch.setattr(quickstart, "SHIPPED_WARM_STARTS", shipped_root)
+    small = quickstart.budget("arithmetic", fast=True)
+    monkeypatch.setattr(quickstart, "budget", lambda task, fast: small)
+
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--steps", "1", "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warm_start"]["origin"] == "shipped checkpoint"
+    assert summary["warm_start"]["accuracy_with_reference"] == 0.5, "the recorded view, not measured again"
+    assert (summary["warm_start"]["accuracy"], summary["warm_start"]["steps"]) == (record.accuracy, 4)
+    assert (out / "warmstart" / "model.safetensors").read_bytes() == \
+        (shipped_root / "arithmetic" / "model.safetensors").read_bytes()
+    assert "warm start (shipped checkpoint)" in capsys.readouterr().out
+
+    again = tmp_path / "qs-retrained"
+    assert main(["quickstart", "--steps", "1", "--retrain-warm-start", "--output-dir", str(again)]) == 0
+    retrained = load_result(again / "warmstart")
+    assert retrained.settings == record.settings and not retrained.reused
+    weights = [AutoModelForCausalLM.from_pretrained(d).state_dict() for d in (shipped_root / "arithmetic",
+                                                                               again / "warmstart")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "the recorded recipe reproduces it"
+    assert json.loads((again / "summary.json").read_text())["warm_start"]["origin"] == "trained"

@@ -100,3 +100,40 @@ def test_fixed_steps_warm_start_is_reproducible_and_the_time_cap_warns(tmp_path,
     band = warm_start("arithmetic", tmp_path / "d", **{**settings, "fixed_steps": None, "max_steps": 50,
                                                        "target_accuracy": (0.9, 1.0), "time_budget_s": 0.0})
     assert band.capped and "NOT the reproducible one" in capsys.readouterr().out
+
+
+def test_recorded_settings_retrain_the_same_checkpoint(tmp_path):
+    """A warm start's `warmstart.json` is its recipe: `recorded_arguments` of it retrains the same weights (same
+    thread count, same kind of CPU), and the new record equals the old one but for where and when it ran."""
+    import pytest
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlsd.tasks.warmstart import FORMAT_VERSION, recorded_arguments
+
+    first = warm_start("arithmetic", tmp_path / "a", seed=3, fixed_steps=5, num_threads=1, deterministic=True,
+                       privileged_fraction=0.5, **{k: v for k, v in TINY.items() if k != "max_steps"})
+    recorded = load_result(tmp_path / "a")
+    assert recorded.settings == first.settings and recorded.machine["threads"] == 1 and recorded.machine["torch"]
+    again = warm_start(recorded.task, tmp_path / "b", progress=False, **recorded_arguments(recorded.settings))
+    assert not again.reused and again.settings == recorded.settings
+    assert (again.accuracy, again.steps) == (recorded.accuracy, recorded.steps)
+    weights = [AutoModelForCausalLM.from_pretrained(tmp_path / d).state_dict() for d in ("a", "b")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    with pytest.raises(ValueError, match="format version"):
+        recorded_arguments({**recorded.settings, "version": FORMAT_VERSION + 1})
+
+
+def test_a_moved_warm_start_loads_from_where_it_is_and_keeps_new_facts(tmp_path):
+    import shutil
+
+    from rlsd.tasks.warmstart import save_result
+
+    warm_start("arithmetic", tmp_path / "a", seed=0, target_accuracy=(0.9, 1.0), **TINY)
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    moved = load_result(tmp_path / "moved")
+    assert moved.output_dir == str(tmp_path / "moved") and moved.accuracy_with_reference is None
+    moved.accuracy_with_reference = 0.75
+    save_result(moved)
+    assert load_result(tmp_path / "moved").accuracy_with_reference == 0.75
+    assert load_result(tmp_path / "a").accuracy_with_reference is None
