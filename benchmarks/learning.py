@@ -70,10 +70,10 @@ TEACHER_METRICS = ("rlsd/delta_mean", "rlsd/delta_std", "rlsd/weight_mean", "rls
                    "sdpo/reference_fallback_frac")
 
 
-# Per-step teacher statistics kept in each run's result (every TRACE_EVERY steps), for the "what did the teacher
-# do over training" plot.
+# Per-step teacher statistics kept in each run's result (about TRACE_POINTS points per run), for the "what did the
+# teacher do over training" plot.
 TRACE_METRICS = ("rlsd/delta_mean", "rlsd/clip_low_frac", "rlsd/clip_high_frac", "reward")
-TRACE_EVERY = 5
+TRACE_POINTS = 20
 
 
 def heldout_curve(run_dir: Path) -> list[tuple[float, float]]:
@@ -92,12 +92,13 @@ def training_means(run_dir: Path) -> dict[str, float]:
 
 
 def training_traces(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """TRACE_METRICS every TRACE_EVERY steps: what the teacher did over training, not only on average."""
+    """TRACE_METRICS at about TRACE_POINTS steps: what the teacher did over training, not only on average."""
     records = load_metrics(run_dir)
     traces = {}
     for name in TRACE_METRICS:
         steps, values = series(records, name)
-        kept = [(step, round(value, 5)) for step, value in zip(steps, values) if step % TRACE_EVERY == 0]
+        stride = max(1, len(steps) // TRACE_POINTS)
+        kept = [(step, round(value, 5)) for step, value in list(zip(steps, values))[stride - 1::stride]]
         if kept:
             traces[name] = kept
     return traces

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,13 +52,15 @@ def test_cost_benchmark_smoke_with_a_lora_student(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2000)
+@pytest.mark.timeout(3000)  # a safety net for a loaded machine (about 4 minutes alone), not an assertion
 def test_learning_benchmark_quick(tmp_path):
-    out = tmp_path / "learning"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1880,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    """The smoke runs the --full design's machinery: a warm-start directory (built here since it is empty), one
+    result file per run, the fixed-shape summary.json; a second invocation reuses every finished run."""
+    out, warm_starts = tmp_path / "learning", tmp_path / "warmstarts"
+    command = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--quick", "--out", str(out),
+               "--warm-start-dir", str(warm_starts)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=2000, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     curves = json.loads((out / "curves.json").read_text())
     assert set(curves["arithmetic"]) == {"grpo", "rlsd", "sdpo", "grpo+opsd"}
@@ -65,13 +68,33 @@ def test_learning_benchmark_quick(tmp_path):
         steps = [step for step, _ in seeds[0]]
         assert steps[0] == 0 and steps[-1] == 3, "held-out accuracy before RL and after the last step"
     assert (out / "learning.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "teacher.png").read_bytes()[:4] == b"\x89PNG"
     table = (out / "table.md").read_text()
     assert "| rlsd | 1 |" in table and "| sdpo | 1 |" in table and "| grpo+opsd | 1 |" in table
+    assert "4 of 4 planned runs finished" in table
     summary = json.loads((out / "summary.json").read_text())["arithmetic"]
-    assert {p["variant"] for p in summary["paired"]} == {"rlsd", "sdpo", "grpo+opsd"}
+    assert set(summary) == {"grpo", "rlsd", "sdpo", "grpo+opsd"} and "paired_vs_grpo" not in summary["grpo"]
+    for name in ("rlsd", "sdpo", "grpo+opsd"):
+        entry = summary[name]
+        assert entry["n_seeds"] == 1 and entry["warm_starts"] == ["sft0"] and entry["heldout_size"] == 32
+        assert 0.0 <= entry["final_mean"] <= 1.0 and entry["paired_vs_grpo"]["n"] == 1
+    details = json.loads((out / "details.json").read_text())["arithmetic"]
+    assert details["warm_starts"][0]["with_reference"] is not None
     runs = json.loads((out / "runs.json").read_text())
     sdpo_means = next(r["training_means"] for r in runs if r["variant"] == "sdpo")
     assert "sdpo/peer_demo_frac" in sdpo_means and "distill/sampled_advantage" in sdpo_means
+    results = sorted(p.name for p in (out / "results").iterdir())
+    assert results == [f"arithmetic-sft0-{v}-seed0.json" for v in ("grpo", "grpo+opsd", "rlsd", "sdpo")]
+    assert json.loads((warm_starts / "arithmetic-sft0" / "warmstart.json").read_text())["accuracy_with_reference"] \
+        is not None, "the self-teacher's view is recorded beside the warm start"
+
+    for run_dir in out.glob("arithmetic*"):  # another machine: only the committed files are there
+        if run_dir.is_dir():
+            shutil.rmtree(run_dir)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (out / "arithmetic").exists(), "finished runs are read from their result files, not retrained"
+    assert json.loads((out / "summary.json").read_text())["arithmetic"] == summary
 
 
 @pytest.mark.slow
