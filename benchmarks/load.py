@@ -45,7 +45,7 @@ import rlsd  # sets the OpenMP wait policy before torch loads (unless the enviro
 import torch
 from rlsd.quickstart import quickstart_run
 from rlsd.run import build_trainer
-from rlsd.tasks.warmstart import _deterministic
+from rlsd.app.warmstart import _deterministic
 
 model, algorithm, steps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads)

@@ -73,7 +73,7 @@ def test_quickstart_starts_from_the_shipped_warm_start_and_can_retrain_it(tmp_pa
     from transformers import AutoModelForCausalLM
 
     import rlsd.quickstart as quickstart
-    from rlsd.tasks.warmstart import load_result, save_result, warm_start
+    from rlsd.app.warmstart import load_result, save_result, warm_start
 
     shipped_root = tmp_path / "shipped"
     recipe = dict(seed=0, fixed_steps=4, num_threads=1, deterministic=True, privileged_fraction=0.5,

@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlsd.quickstart import SHIPPED_WARM_STARTS, shipped_warm_start  # noqa: E402
-from rlsd.tasks.warmstart import FORMAT_VERSION, load_result, recorded_arguments  # noqa: E402
+from rlsd.app.warmstart import FORMAT_VERSION, load_result, recorded_arguments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK_WARM_STARTS = ROOT / "benchmarks" / "warmstarts"

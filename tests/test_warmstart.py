@@ -109,7 +109,7 @@ def test_recorded_settings_retrain_the_same_checkpoint(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlsd.tasks.warmstart import FORMAT_VERSION, recorded_arguments
+    from rlsd.app.warmstart import FORMAT_VERSION, recorded_arguments
 
     first = warm_start("arithmetic", tmp_path / "a", seed=3, fixed_steps=5, num_threads=1, deterministic=True,
                        privileged_fraction=0.5, **{k: v for k, v in TINY.items() if k != "max_steps"})
@@ -127,7 +127,7 @@ def test_recorded_settings_retrain_the_same_checkpoint(tmp_path):
 def test_a_moved_warm_start_loads_from_where_it_is_and_keeps_new_facts(tmp_path):
     import shutil
 
-    from rlsd.tasks.warmstart import save_result
+    from rlsd.app.warmstart import save_result
 
     warm_start("arithmetic", tmp_path / "a", seed=0, target_accuracy=(0.9, 1.0), **TINY)
     shutil.copytree(tmp_path / "a", tmp_path / "moved")
