@@ -187,8 +187,9 @@ def parse_args(argv):
                         help="variants: rlsd, grpo, opsd, opd, sdpo, grpo+opsd, X+contrast")
     parser.add_argument("--teacher-contrast", choices=("none", "wrong_reference"), default="none",
                         help="apply this teacher_contrast to every variant that has a self-teacher")
-    parser.add_argument("--seeds", default="0,1,2", help="RL seeds (data order, sampling)")
-    parser.add_argument("--warm-starts", default="0", help="SFT seeds: one warm-started student per seed")
+    parser.add_argument("--seeds", default=None, help="RL seeds (data order, sampling; default 0,1,2)")
+    parser.add_argument("--warm-starts", default=None,
+                        help="SFT seeds: one warm-started student per seed (default 0; with --full a subset of its 0,1)")
     parser.add_argument("--eval-size", type=int, default=100, help="held-out problems per evaluation")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--teacher-steps", type=int, default=1500,
@@ -222,7 +223,7 @@ def parse_args(argv):
     args.plan = None
     if args.full:
         args.plan = {t: v for t, v in FULL["plan"].items() if args.tasks is None or t in args.tasks.split(",")}
-        args.seeds, args.warm_starts = FULL["seeds"], FULL["warm_starts"]
+        args.seeds, args.warm_starts = args.seeds or FULL["seeds"], args.warm_starts or FULL["warm_starts"]
         args.eval_size, args.privileged_fraction, args.steps = FULL["eval_size"], FULL["privileged_fraction"], FULL["steps"]
         args.student_budget_s = max(args.student_budget_s, 4 * 3600.0)  # a safety cap: one CPU thread is slow
         args.student_max_steps = max(args.student_max_steps, 6000)  # 8-step chains need more SFT than arithmetic
@@ -234,6 +235,7 @@ def parse_args(argv):
         args.tasks, args.algorithms, args.seeds, args.steps = "arithmetic", "grpo,rlsd,sdpo,grpo+opsd", "0", 3
         args.eval_size = 32
         args.out = args.out if args.out != "benchmarks/results/learning" else "benchmarks/results/learning-quick"
+    args.seeds, args.warm_starts = args.seeds or "0,1,2", args.warm_starts or "0"
     if args.plan is None:
         tasks = [t for t in (args.tasks or "arithmetic,linear").split(",") if t]
         args.plan = {t: args.algorithms for t in (tasks[:1] if args.ablation else tasks)}

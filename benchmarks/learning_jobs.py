@@ -168,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         pool.stop()
     elapsed = time.monotonic() - start
     print(f"[jobs] runs took {elapsed:.0f}s; summarising the finished ones", flush=True)
-    summary = subprocess.run([sys.executable, str(HERE / "learning.py"), *argv[split + 1:], "--only-finished"],
+    # A slice of --full (--tasks/--warm-starts) still summarises the whole design: summary.json covers every
+    # finished run, not only this invocation's.
+    theirs = argv[split + 1:]
+    summary_argv = ["--full", "--out", str(args.out)] if "--full" in theirs else theirs
+    summary = subprocess.run([sys.executable, str(HERE / "learning.py"), *summary_argv, "--only-finished"],
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     return summary.returncode
 
