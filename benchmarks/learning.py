@@ -2,7 +2,9 @@
 
     python benchmarks/learning.py --quick          # CI smoke: arithmetic, grpo/rlsd/sdpo/grpo+opsd, 1 seed, 3 steps
     python benchmarks/learning.py                  # 2 tasks x grpo,rlsd,opsd,opd x 3 seeds, one warm start
-    python benchmarks/learning.py --full           # issue 15's design: see FULL below (hours on a GPU)
+    python benchmarks/learning.py --full           # issue 20's design: see FULL below (CPU core-hours; in parallel,
+                                                   # over several sessions: learning_jobs.py --commit -- --full)
+    python benchmarks/learning.py --full --only-finished   # summarise the committed results, train nothing
     python benchmarks/learning.py --ablation       # RLSD's open choices (SPEC.md) on the first task
     python benchmarks/learning.py --tasks chain --algorithms grpo,rlsd,rlsd+contrast --warm-starts 0,1 \\
         --seeds 0,1,2,3,4 --eval-size 500 --out ...
