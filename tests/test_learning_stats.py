@@ -162,3 +162,28 @@ def test_parallel_jobs_keep_every_warm_start_setting():
         assert getattr(child, field) == getattr(args, field), field
     plain = learning.parse_args(learning_jobs.child_args(learning.parse_args([]), "arithmetic", "grpo", "0", "0"))
     assert not plain.reproducible_warm_start
+
+
+def test_a_finished_result_is_committed_alone(tmp_path, monkeypatch):
+    """learning_jobs.py --commit: each finished run's result file is committed by itself (whatever else is staged
+    or changed in the checkout), so a stopped session loses nothing finished."""
+    import subprocess
+
+    import learning_jobs
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "other.txt").write_text("work in progress\n")
+    git("add", "other.txt")
+    result = tmp_path / "results" / "chain-sft0-rlsd-seed0.json"
+    result.parent.mkdir()
+    result.write_text('{"seconds": 12.5}\n')
+    monkeypatch.chdir(tmp_path)
+    learning_jobs.commit(result.relative_to(tmp_path), "learning-full: chain-sft0-rlsd-seed0 finished")
+    assert git("log", "--format=%s").strip() == "learning-full: chain-sft0-rlsd-seed0 finished"
+    assert git("show", "--name-only", "--format=").split() == ["results/chain-sft0-rlsd-seed0.json"]
+    assert "A  other.txt" in git("status", "--short"), "what else was staged stays staged, uncommitted"
