@@ -119,6 +119,16 @@ def test_several_reward_functions_with_weights(tiny_model_dir, tmp_path, algorit
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rlsd"])
+def test_normalize_then_sum_aggregation(tiny_model_dir, tmp_path, algorithm):
+    trainer, generations = build(tiny_model_dir, tmp_path, algorithm, reward_funcs=[digit_reward, length_reward],
+                                 reward_weights=[1.0, 0.5], multi_objective_aggregation="normalize_then_sum")
+    train_logs(trainer)
+    for output in generations.batches:  # each reward normalized per group, then the weighted sum over the batch
+        advantages = output["advantages"].cpu()
+        assert abs(advantages.mean()) < 1e-5 and (advantages.std() == 0 or abs(advantages.std() - 1) < 1e-2)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rlsd"])
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 def test_scale_rewards(tiny_model_dir, tmp_path, algorithm, scale):
     trainer, generations = build(tiny_model_dir, tmp_path, algorithm, scale_rewards=scale,
