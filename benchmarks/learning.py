@@ -1,6 +1,6 @@
 """Learning curves: RLSD against its baselines from warm-started checkpoints, several seeds, equal budgets.
 
-    python benchmarks/learning.py --quick          # CI smoke: arithmetic, grpo/rlsd/sdpo/grpo+opsd, 1 seed, 3 steps
+    python benchmarks/learning.py --quick          # CI smoke: arithmetic, grpo/rlsd/sdpo/grpo+opsd/rlcsd, 1 seed, 3 steps
     python benchmarks/learning.py                  # 2 tasks x grpo,rlsd,opsd,opd x 3 seeds, one warm start
     python benchmarks/learning.py --full           # issue 20's design: see FULL below (CPU core-hours; in parallel,
                                                    # over several sessions: learning_jobs.py --commit -- --full)
@@ -10,11 +10,11 @@
         --seeds 0,1,2,3,4 --eval-size 500 --out ...
 
 Every run uses the quickstart recipe (`rlsd.quickstart.quickstart_run`): same checkpoint, seed, data order,
-rollouts and steps; only the variant differs. A variant is an algorithm (rlsd, grpo, opsd, opd, sdpo, grpo+opsd)
-or `X+contrast` (teacher_contrast=wrong_reference). `--warm-starts` lists SFT seeds: each gives a separately
-warm-started student (a different checkpoint inside the accuracy band), and every variant x seed runs from
-each, so the result does not rest on one starting point. OPD's teacher is a larger tiny model with the same
-tokenizer, warm-started further on the same task. Finished runs are reused, so an interrupted benchmark
+rollouts and steps; only the variant differs. A variant is an algorithm (rlsd, grpo, opsd, opd, sdpo, grpo+opsd,
+rlcsd, or your own 'file.py:Class') or `X+contrast` (teacher_contrast=wrong_reference). `--warm-starts` lists
+SFT seeds: each gives a separately warm-started student (a different checkpoint inside the accuracy band), and
+every variant x seed runs from each, so the result does not rest on one starting point. OPD's teacher is a
+larger tiny model with the same tokenizer, warm-started further on the same task. Finished runs are reused, so an interrupted benchmark
 continues where it stopped. Outputs in `--out`: `runs.json` (every run's curve and teacher statistics),
 `curves.json`, `summary.json` (means, 95% intervals, paired differences), `learning.png`, `table.md`.
 """
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from learning_stats import mean_curve, paired_differences, summarize, task_markdown  # noqa: E402
 
-from rlsd.config import algorithm_variant  # noqa: E402
+from rlsd.algorithms import CONTRAST_SUFFIX, algorithm_variant, display_name  # noqa: E402
 from rlsd.quickstart import quickstart_run, self_teacher_accuracy  # noqa: E402
 from rlsd.report import load_metrics, series  # noqa: E402
 from rlsd.run import train  # noqa: E402
@@ -148,6 +148,7 @@ def variants_from(names: str, ablation: bool) -> dict[str, tuple[str, dict]]:
     variants = {}
     for name in (split_variant(n)[0] for n in names.split(",") if n.strip()):
         algorithm, fields = algorithm_variant(name)
+        name = display_name(algorithm) + (CONTRAST_SUFFIX if fields else "")  # a 'file.py:Class' by its name
         variants[name] = (algorithm, {**VARIANT_DEFAULTS.get(algorithm, {}), **fields})
     return variants
 
@@ -186,7 +187,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=None, help="tasks (default arithmetic,linear; with --full: a subset of its plan)")
     parser.add_argument("--algorithms", default="grpo,rlsd,opsd,opd",
-                        help="variants: rlsd, grpo, opsd, opd, sdpo, grpo+opsd, X+contrast")
+                        help="variants: rlsd, grpo, opsd, opd, sdpo, grpo+opsd, rlcsd, file.py:Class, X+contrast")
     parser.add_argument("--teacher-contrast", choices=("none", "wrong_reference"), default="none",
                         help="apply this teacher_contrast to every variant that has a self-teacher")
     parser.add_argument("--seeds", default=None, help="RL seeds (data order, sampling; default 0,1,2)")
@@ -234,7 +235,7 @@ def parse_args(argv):
         args.out = args.out if args.out != "benchmarks/results/learning" else FULL["out"]
         args.warm_start_dir = args.warm_start_dir or FULL["warm_start_dir"]
     if args.quick:
-        args.tasks, args.algorithms, args.seeds, args.steps = "arithmetic", "grpo,rlsd,sdpo,grpo+opsd", "0", 3
+        args.tasks, args.algorithms, args.seeds, args.steps = "arithmetic", "grpo,rlsd,sdpo,grpo+opsd,rlcsd", "0", 3
         args.eval_size = 32
         args.out = args.out if args.out != "benchmarks/results/learning" else "benchmarks/results/learning-quick"
     args.seeds, args.warm_starts = args.seeds or "0,1,2", args.warm_starts or "0"

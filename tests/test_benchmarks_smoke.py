@@ -63,7 +63,7 @@ def test_learning_benchmark_quick(tmp_path):
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=2000, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     curves = json.loads((out / "curves.json").read_text())
-    assert set(curves["arithmetic"]) == {"grpo", "rlsd", "sdpo", "grpo+opsd"}
+    assert set(curves["arithmetic"]) == {"grpo", "rlsd", "sdpo", "grpo+opsd", "rlcsd"}
     for seeds in curves["arithmetic"].values():
         steps = [step for step, _ in seeds[0]]
         assert steps[0] == 0 and steps[-1] == 3, "held-out accuracy before RL and after the last step"
@@ -71,10 +71,11 @@ def test_learning_benchmark_quick(tmp_path):
     assert (out / "teacher.png").read_bytes()[:4] == b"\x89PNG"
     table = (out / "table.md").read_text()
     assert "| rlsd | 1 |" in table and "| sdpo | 1 |" in table and "| grpo+opsd | 1 |" in table
-    assert "4 of 4 planned runs finished" in table
+    assert "| rlcsd | 1 |" in table
+    assert "5 of 5 planned runs finished" in table
     summary = json.loads((out / "summary.json").read_text())["arithmetic"]
-    assert set(summary) == {"grpo", "rlsd", "sdpo", "grpo+opsd"} and "paired_vs_grpo" not in summary["grpo"]
-    for name in ("rlsd", "sdpo", "grpo+opsd"):
+    assert set(summary) == {"grpo", "rlsd", "sdpo", "grpo+opsd", "rlcsd"} and "paired_vs_grpo" not in summary["grpo"]
+    for name in ("rlsd", "sdpo", "grpo+opsd", "rlcsd"):
         entry = summary[name]
         assert entry["n_seeds"] == 1 and entry["warm_starts"] == ["sft0"] and entry["heldout_size"] == 32
         assert 0.0 <= entry["final_mean"] <= 1.0 and entry["paired_vs_grpo"]["n"] == 1

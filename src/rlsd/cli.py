@@ -15,7 +15,8 @@ import shlex
 import sys
 
 from .agents import load_tools
-from .config import algorithm_variant, load_run_config
+from .algorithms import CONTRAST_SUFFIX, algorithm_variant, display_name
+from .config import load_run_config
 from .credit_page import inspect
 from .data import load_dataset
 from .evaluate import evaluate, load_model
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="same config, several algorithms, one plot and table")
     _add_run_arguments(compare)
     compare.add_argument("--algorithms", default="rlsd,grpo",
-                         help="comma-separated: rlsd, grpo, opsd, opd, sdpo, grpo+opsd; X+contrast adds "
+                         help="comma-separated: rlsd, grpo, opsd, opd, sdpo, grpo+opsd, rlcsd, a registered name "
+                              "or your own 'my_method.py:MyMethod'; X+contrast adds "
                               "teacher_contrast=wrong_reference to X (e.g. rlsd+contrast)")
 
     evaluate = commands.add_parser("eval", help="accuracy, pass@k and maj@k of a model on a held-out set")
@@ -147,8 +149,10 @@ def cmd_compare(args) -> int:
     for name, (algorithm, extra) in variants.items():
         one = copy.deepcopy(run)
         one["training"].update(algorithm=algorithm, **extra)
+        # A user's 'file.py:Class' runs in a folder named after its registered name.
+        folder = display_name(algorithm) + (CONTRAST_SUFFIX if extra else "")
         print(f"rlsd compare: training {name}", flush=True)
-        run_dirs.append(str(train(one, output_dir=os.path.join(base, name)).output_dir))
+        run_dirs.append(str(train(one, output_dir=os.path.join(base, folder)).output_dir))
     outputs = report(run_dirs, os.path.join(base, "report"))
     print(f"rlsd compare: report in {os.path.join(base, 'report')}")
     return 0 if outputs else 1

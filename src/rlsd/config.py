@@ -28,11 +28,14 @@ class RLSDConfig(GRPOConfig):
         "opsd" (self-distillation from the privileged teacher), "opd"
         (distillation from an external `teacher_model`), "sdpo" (self-distillation
         from a successful peer rollout, `rlsd.algorithms.sdpo`), "grpo+opsd" (GRPO
-        loss + `opsd_coef` x the OPSD divergence, `rlsd.algorithms.grpo_opsd`), any
+        loss + `opsd_coef` x the OPSD divergence, `rlsd.algorithms.grpo_opsd`), "rlcsd"
+        (RLCSD, arXiv 2606.11709: right vs wrong peer hints, `rlsd.algorithms.rlcsd`), any
         name given to `rlsd.register_algorithm`, or your own class as
         "path/to/my_method.py:MyMethod" / "package.module:MyMethod" (docs/new-method.md).
     rlsd_lambda, rlsd_lambda_schedule, rlsd_lambda_decay_steps, rlsd_eps_w: SPEC.md's
-        lambda (teacher weight), its schedule and the token-weight clip range.
+        lambda (teacher weight), its schedule and the token-weight clip range;
+        rlsd_lambda_warmup_steps, rlsd_negative_only, rlsd_thought_only (+ rlsd_thought_markers):
+        the RLSD authors' and ms-swift's options (`rlsd.algorithms.rlsd`).
     teacher_mode: "live" current weights, "ema" exponential moving average,
         "base" initial weights (adapters disabled under LoRA), "snapshot"
         refreshed every `teacher_snapshot_steps` optimizer steps. Default: "ema"
@@ -52,6 +55,18 @@ class RLSDConfig(GRPOConfig):
         default=None, metadata={"help": "Steps over which `linear_decay` reaches 0 (default: max_steps)."}
     )
     rlsd_eps_w: float = field(default=0.2, metadata={"help": "Clip range of the token weight, in (0, 1)."})
+    rlsd_lambda_warmup_steps: int = field(
+        default=0, metadata={"help": "lambda rises linearly from 0 over this many steps before its schedule (0: none)."})
+    rlsd_negative_only: bool = field(
+        default=False, metadata={"help": "Teacher weights only on wrong rollouts (A < 0); others keep GRPO's A."})
+    rlsd_thought_only: bool = field(
+        default=False,
+        metadata={"help": "Teacher weights only inside the reasoning span (rlsd_thought_markers); GRPO's A elsewhere. "
+                          "A completion without the span gets weights on every token (rlsd/thought_fallback_frac)."})
+    rlsd_thought_markers: list[str] = field(
+        default_factory=lambda: ["<think>", "</think>"],
+        metadata={"help": "[start, end] of the reasoning span for rlsd_thought_only; start '' = the completion's "
+                          "beginning, e.g. ['', 'Answer:'] for everything before the final-answer line."})
     teacher_mode: str | None = field(
         default=None, metadata={"help": f"One of {TEACHER_MODES}; default 'ema' for sdpo, else 'live'."})
     teacher_ema_rate: float = field(
@@ -97,6 +112,18 @@ class RLSDConfig(GRPOConfig):
         metadata={"help": "sdpo: teacher prompt with {prompt}, {demonstration} and optionally {feedback} (raw texts); "
                           "default: TRL SDPOTrainer's re-prompt."},
     )
+    rlcsd_tau: float = field(default=0.02, metadata={"help": "rlcsd: temperature of tanh(e / tau)."})
+    rlcsd_beta: float = field(default=1.0, metadata={"help": "rlcsd: residual scale beta (>= 0)."})
+    rlcsd_lambda: float = field(default=0.5, metadata={"help": "rlcsd: residual weight lambda, in [0, 1]."})
+    rlcsd_delta: float = field(default=0.02, metadata={"help": "rlcsd: tokens with |residual| > delta are selected."})
+    rlcsd_eta: float = field(default=1.0, metadata={"help": "rlcsd: weight of the selected tokens (>= 0)."})
+    rlcsd_residual_clip_low: float = field(default=-2.0, metadata={"help": "rlcsd: lower clip of the residual."})
+    rlcsd_residual_clip_high: float = field(default=2.0, metadata={"help": "rlcsd: upper clip of the residual."})
+    rlcsd_k_max: int = field(default=4, metadata={"help": "rlcsd: most wrong hints per rollout (their mixture)."})
+    rlcsd_hint_source: str = field(
+        default="self_rollout",
+        metadata={"help": "rlcsd: the right hint is a successful peer rollout ('self_rollout') or the row's "
+                          "solution and answer ('reference')."})
     teacher_contrast: str = field(
         default="none", metadata={"help": f"One of {TEACHER_CONTRASTS}: contrast the teacher with a wrong reference."})
     teacher_model: str | None = field(default=None, metadata={"help": "OPD: external teacher (hub id or path)."})

@@ -55,6 +55,7 @@ def rlsd_token_advantages(
     mask: torch.Tensor,
     lam: float = 1.0,
     eps_w: float = 0.2,
+    active: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """RLSD token advantages: the reward gives the direction, the teacher the magnitude.
 
@@ -73,6 +74,8 @@ def rlsd_token_advantages(
         mask: (B, T) 1 for completion tokens that count, 0 for padding.
         lam: weight of the teacher magnitude, in [0, 1]; 0 gives GRPO exactly.
         eps_w: clip range of the token weight, in (0, 1).
+        active: optional (B, T) bool, tokens where the teacher's weight applies; elsewhere `A_t = A`
+            exactly (the RLSD authors' `negative_only` / `thought_only` options: `reweight = 1` there).
 
     Returns:
         token_advantages: (B, T), zero where `mask` is 0. `sign(A_t) == sign(A)`
@@ -104,10 +107,16 @@ def rlsd_token_advantages(
     raw_weight = torch.exp(log_weight)
     weight = raw_weight.clamp(1.0 - eps_w, 1.0 + eps_w)
     scale = (1.0 - lam) + lam * weight
+    if active is not None:
+        if active.shape != mask.shape:
+            raise ValueError(f"active {tuple(active.shape)} must have the (B, T) shape of mask {tuple(mask.shape)}")
+        scale = torch.where(active.bool(), scale, torch.ones_like(scale))
     token_adv = (seq_adv * scale.to(seq_adv.dtype)) * valid.to(seq_adv.dtype)
 
     with torch.no_grad():
         acting = valid & (seq_adv != 0)
+        if active is not None:
+            acting = acting & active.bool()
         delta_mean = masked_mean(delta, acting)
         delta_var = masked_mean((delta - delta_mean) ** 2, acting)
         stats = {
@@ -130,6 +139,56 @@ def linear_decay_lambda(lam: float, step: int, decay_steps: int) -> float:
     if decay_steps <= 0:
         raise ValueError(f"decay_steps must be positive, got {decay_steps}")
     return lam * max(0.0, 1.0 - step / decay_steps)
+
+
+def scheduled_lambda(lam: float, step: int, warmup_steps: int = 0, decay_steps: int | None = None) -> float:
+    """lambda at optimizer step `step`: linear warmup 0 -> `lam` over `warmup_steps`, then `lam`, or, with
+    `decay_steps`, a linear decay to 0 over that many steps after the warmup.
+
+    The RLSD authors' schedule (iie-ycx/RLSD `opsd_trainer.py`, and ms-swift's `_rlsd_effective_lambda`):
+    `lam * step / warmup` while `step < warmup`, then `lam * max(1 - (step - warmup) / decay, 0)`.
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if warmup_steps > 0 and step < warmup_steps:
+        return lam * step / warmup_steps
+    if decay_steps is None:
+        return lam
+    return linear_decay_lambda(lam, step - warmup_steps, decay_steps)
+
+
+def thought_span_mask(token_texts: list[list[str]], start: str, end: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens strictly inside the reasoning span `start ... end` of each completion (the markers excluded).
+
+    Args:
+        token_texts: per completion, the text of each of its tokens in order (their concatenation is the text).
+        start, end: the span's markers, e.g. "<think>" and "</think>"; "" for start means the completion's
+            beginning (e.g. `end="Answer:"`: everything before the final-answer line).
+        width: T, the batch's completion width.
+    Returns:
+        mask (B, T) bool: tokens whose text lies wholly after the first `start` and before the first `end` after
+        it (no `end`: to the completion's end); found (B,) bool: whether the completion has a span. A token that
+        overlaps a marker is outside.
+    """
+    mask = torch.zeros(len(token_texts), width, dtype=torch.bool)
+    found = torch.zeros(len(token_texts), dtype=torch.bool)
+    for row, pieces in enumerate(token_texts):
+        text = "".join(pieces)
+        begin = text.find(start) if start else 0
+        if begin < 0:
+            continue
+        begin += len(start)
+        stop = text.find(end, begin) if end else -1
+        stop = len(text) if stop < 0 else stop
+        if stop <= begin:
+            continue
+        offset = 0
+        for t, piece in enumerate(pieces[:width]):
+            if offset >= begin and offset + len(piece) <= stop:
+                mask[row, t] = True
+            offset += len(piece)
+        found[row] = bool(mask[row].any())
+    return mask, found
 
 
 def distillation_divergence(
@@ -269,3 +328,65 @@ def contrastive_target_logits(
     with torch.no_grad():
         return (F.log_softmax(student_logits.float(), dim=-1) + F.log_softmax(right_logits.float(), dim=-1)
                 - F.log_softmax(wrong_logits.float(), dim=-1))
+
+
+def rlcsd_token_advantages(
+    advantages: torch.Tensor,
+    right_logps: torch.Tensor,
+    wrong_logps: torch.Tensor,
+    wrong_valid: torch.Tensor,
+    mask: torch.Tensor,
+    tau: float = 0.02,
+    beta: float = 1.0,
+    lam: float = 0.5,
+    delta: float = 0.02,
+    eta: float = 1.0,
+    clip_low: float = -2.0,
+    clip_high: float = 2.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RLCSD token advantages (arXiv 2606.11709; github THU-BPM/RLCSD `compute_policy_loss_rlcsd`).
+
+    ```
+    e_t   = q_right_t - log( (1/K) * sum_k exp(q_wrong_k_t) )      # contrast with the K-hint mixture
+    r_t   = clip(beta * lam * tanh(e_t / tau), clip_low, clip_high)  # bounded residual
+    sel_t = |r_t| > delta                                            # tokens the contrast acts on
+    A_t   = A                          where not sel_t
+          = max(A + r_t, 0)  if A > 0,  min(A + r_t, 0)  if A < 0,  0 if A = 0   where sel_t
+    ```
+    and the selected tokens' advantages are weighted by `eta` (the authors' `eta * selected_loss`).
+
+    Args:
+        advantages: (B,) GRPO sequence advantages A.
+        right_logps: (B, T) teacher log-probs under the right hint, q_right.
+        wrong_logps: (B, K, T) teacher log-probs under each wrong hint; `wrong_valid` (B, K) marks real slots.
+        mask: (B, T) 1 for tokens that count. Rows with no valid wrong slot act as if unselected.
+    Returns:
+        token_advantages (B, T), zero where `mask` is 0: sign(A_t) is sign(A) or 0, never the opposite, and
+        |A_t - A| <= min(beta * lam, max(|clip_low|, |clip_high|)) before the `eta` weight.
+        stats: 0-d tensors `e_mean`, `selected_frac` (over valid tokens), `residual_mean` (over selected),
+        `k_mean` (valid wrong slots per row), `sign_flips` (must be 0).
+    """
+    valid = mask.bool()
+    seq = advantages.detach().unsqueeze(1)  # (B, 1)
+    slots = wrong_valid.bool()
+    k = slots.sum(dim=1).clamp(min=1).to(torch.float32)  # (B,)
+    masked = wrong_logps.detach().float().masked_fill(~slots.unsqueeze(-1), float("-inf"))
+    log_mixture = torch.logsumexp(masked, dim=1) - torch.log(k).unsqueeze(-1)  # (B, T); -inf where no slot
+    has_wrong = slots.any(dim=1, keepdim=True) & valid
+    e = torch.where(has_wrong, right_logps.detach().float() - log_mixture, torch.zeros_like(log_mixture))
+    residual = (beta * lam * torch.tanh(e / max(tau, 1e-6))).clamp(min=clip_low, max=clip_high)
+    selected = (residual.abs() > delta) & has_wrong
+    raw = seq.float() + residual
+    modified = torch.where(seq > 0, raw.clamp(min=0.0), torch.where(seq < 0, raw.clamp(max=0.0),
+                                                                      torch.zeros_like(raw)))
+    token_adv = torch.where(selected, eta * modified, seq.float().expand_as(modified))
+    token_adv = (token_adv * valid.to(token_adv.dtype)).to(advantages.dtype)
+    with torch.no_grad():
+        stats = {
+            "e_mean": masked_mean(e, has_wrong),
+            "selected_frac": masked_mean(selected.float(), valid),
+            "residual_mean": masked_mean(residual, selected),
+            "k_mean": slots.sum(dim=1).float().mean(),
+            "sign_flips": (valid & (token_adv * seq < 0)).sum().float(),
+        }
+    return token_adv, stats

@@ -21,6 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .agents import load_environment, load_tools
+from .algorithms import display_name
 from .callbacks import HeldOutEvalCallback, JsonlMetricsCallback
 from .config import RLSDConfig
 from .credit_records import CREDIT_FILE, CreditRecorder
@@ -203,7 +204,7 @@ def _write_run_files(out: Path, run: dict, args: RLSDConfig) -> None:
     if not args.should_save:
         return
     (out / "config.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
-    resolved = {"algorithm": args.algorithm, "model": run.get("model"), "task": run.get("task"),
+    resolved = {"algorithm": display_name(args.algorithm), "model": run.get("model"), "task": run.get("task"),
                 "training_args": json.loads(args.to_json_string())}
     (out / "run_config.json").write_text(json.dumps(resolved, indent=2))
 

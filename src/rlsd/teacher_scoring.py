@@ -89,6 +89,12 @@ class TeacherPass:
         ids = [ids[mask.bool()] for ids, mask in zip(output["completion_ids"], output["completion_mask"], strict=True)]
         return self.processing_class.batch_decode(ids, skip_special_tokens=True)
 
+    def token_texts(self, output: Mapping[str, Any]) -> list[list[str]]:
+        """Per completion, the decoded text of each of its tokens (padding left out), in order."""
+        decode = self.processing_class.batch_decode
+        return [decode([[t] for t in ids[mask.bool()].tolist()]) if mask.any() else []
+                for ids, mask in zip(output["completion_ids"], output["completion_mask"], strict=True)]
+
     def gather(self, objects: list) -> list:
         from accelerate.utils import gather_object
 

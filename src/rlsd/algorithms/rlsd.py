@@ -6,7 +6,22 @@ w_t     = clip(exp(sign(A) * delta_t), 1 - eps_w, 1 + eps_w)
 A_t     = A * ((1 - lambda) + lambda * w_t)
 ```
 then TRL's clipped surrogate with A_t (`credit.rlsd_token_advantages`). Rows with A = 0 are not scored by the
-teacher: their A_t is 0 whatever it says. lambda follows `rlsd_lambda_schedule` (`credit.linear_decay_lambda`).
+teacher: their A_t is 0 whatever it says.
+
+Options, as the authors' code (github iie-ycx/RLSD, `dp_opsd_actor._build_stgca_advantages` and
+`opsd_trainer`) and ms-swift (PR 9758, `swift/rl_core/advantage.apply_rlsd_reweight`) define them; each keeps
+sign(A_t) = sign(A), |A_t|/|A| in [1 - lambda*eps_w, 1 + lambda*eps_w] and lambda = 0 == GRPO:
+- `rlsd_negative_only`: the weight applies on rollouts with A < 0 only; every other row keeps A exactly
+  (`reweight = 1`). The teacher then scores only those rows.
+- `rlsd_thought_only`: the weight applies only to tokens strictly inside the reasoning span
+  (`rlsd_thought_markers`, default `<think>`...`</think>`; the authors use `<thought>`...`</thought>`); the
+  markers, the answer and format tokens keep A. Ours differs in two ways: a completion with no span gets the
+  weight on every token instead of none (SPEC: the option must not silently turn RLSD off on models that do not
+  think aloud), logged as `rlsd/thought_fallback_frac`; and the span is found on the decoded text, not by
+  matching the markers' token ids, so a marker merged into a neighbouring token is still found.
+- `rlsd_lambda_warmup_steps`: lambda rises linearly 0 -> `rlsd_lambda` over N steps, then holds, or with
+  `rlsd_lambda_schedule="linear_decay"` decays to 0 over `rlsd_lambda_decay_steps` (default: the rest of the
+  run) -- the authors' warmup -> hold -> decay (`credit.scheduled_lambda`).
 """
 
 from __future__ import annotations
@@ -38,16 +53,45 @@ class RLSD(Algorithm):
             raise config_error("rlsd_lambda_decay_steps", f"must be positive, got {args.rlsd_lambda_decay_steps}")
         if not 0.0 < args.rlsd_eps_w < 1.0:
             raise config_error("rlsd_eps_w", f"must be in (0, 1), got {args.rlsd_eps_w}")
+        if isinstance(args.rlsd_lambda_warmup_steps, bool) or args.rlsd_lambda_warmup_steps < 0:
+            raise config_error("rlsd_lambda_warmup_steps", f"must be >= 0, got {args.rlsd_lambda_warmup_steps!r}")
+        markers = args.rlsd_thought_markers
+        if isinstance(markers, str) or len(markers) != 2 or not all(isinstance(m, str) for m in markers) \
+                or not any(markers):
+            raise config_error("rlsd_thought_markers", f"must be [start, end] strings, not both empty, got {markers!r}")
 
     def rows_to_score(self, teacher: TeacherPass, output: Mapping[str, Any]) -> torch.Tensor:
-        return output["advantages"] != 0
+        advantages = output["advantages"]
+        return advantages < 0 if self.args.rlsd_negative_only else advantages != 0
 
     def current_lambda(self, teacher: TeacherPass) -> float:
         args = self.args
-        if args.rlsd_lambda_schedule == "constant":
-            return args.rlsd_lambda
-        decay_steps = args.rlsd_lambda_decay_steps or teacher.max_steps or 1
-        return credit.linear_decay_lambda(args.rlsd_lambda, teacher.global_step, decay_steps)
+        warmup = args.rlsd_lambda_warmup_steps
+        decay = None
+        if args.rlsd_lambda_schedule == "linear_decay":
+            decay = args.rlsd_lambda_decay_steps or max((teacher.max_steps or 1) - warmup, 1)
+        return credit.scheduled_lambda(args.rlsd_lambda, teacher.global_step, warmup, decay)
+
+    def score(self, teacher: TeacherPass, rows: list[dict[str, Any]], output: dict[str, Any]) -> None:
+        super().score(teacher, rows, output)
+        if self.args.rlsd_thought_only:  # found once per batch; the loss sees it per micro-batch
+            start, end = self.args.rlsd_thought_markers
+            mask = self.mask(output).bool()
+            inside, found = credit.thought_span_mask(teacher.token_texts(output), start, end, mask.size(1))
+            inside, found = inside.to(mask.device), found.to(mask.device)
+            output["rlsd_thought_mask"] = torch.where(found.unsqueeze(1), inside, torch.ones_like(inside)) & mask
+            teacher.log_mean("rlsd/thought_fallback_frac", (~found).float().mean())
+            teacher.log_mean("rlsd/thought_token_frac", inside.float().sum() / mask.float().sum().clamp(min=1))
+
+    def active_tokens(self, inputs: Mapping[str, Any]) -> torch.Tensor | None:
+        """(B, T) bool: where the teacher's weight applies (the options); None: every token."""
+        active = None
+        if self.args.rlsd_negative_only:
+            active = (inputs["sequence_advantages"] < 0).unsqueeze(1).expand_as(inputs["completion_mask"])
+        if self.args.rlsd_thought_only:
+            thought = inputs["rlsd_thought_mask"].bool()
+            active = thought if active is None else active & thought
+        return active
 
     def token_advantages(self, teacher: TeacherPass, inputs: Mapping[str, Any], old_logps: torch.Tensor
                          ) -> torch.Tensor:
@@ -57,7 +101,7 @@ class RLSD(Algorithm):
         lam, eps_w = self.current_lambda(teacher), self.args.rlsd_eps_w
         advantages = inputs["sequence_advantages"]
         token_adv, stats = credit.rlsd_token_advantages(advantages, teacher_logps, baseline, mask, lam=lam,
-                                                        eps_w=eps_w)
+                                                        eps_w=eps_w, active=self.active_tokens(inputs))
         log_rlsd_stats(teacher, stats, lam)
         teacher.record_credit(inputs, lambda: credit_records.rlsd_signals(
             advantages, teacher_logps, baseline, token_adv, mask, eps_w),
