@@ -162,6 +162,8 @@ def test_three_training_steps_with_tools_and_an_environment(tool_model_dir, tiny
     if algorithm == "rlsd":
         assert "rlsd/weight_tool_call" in logs and "rlsd/weight_reasoning" in logs
         assert logs["rlsd/sign_flips"] == 0
+    elif algorithm == "rlcsd":  # what the contrast adds to A, split by kind
+        assert logs["rlcsd/sign_flips"] == 0 and "rlcsd/residual_reasoning" in logs
     elif algorithm != "grpo":  # the teacher's per-token signal, split by kind like RLSD's weights
         for kind in ("tool_call", "reasoning"):
             assert logs[f"distill/divergence_{kind}"] >= 0.0, "a KL divergence per agent-token kind"

@@ -172,6 +172,8 @@ class RLCSD(Algorithm):
             clip_high=args.rlcsd_residual_clip_high)
         for name, value in stats.items():
             teacher_pass.log_mean(f"rlcsd/{name}", value)
+        added = token_adv - inputs["sequence_advantages"].unsqueeze(1) * mask
+        teacher_pass.log_kind_split(inputs, added, mask, "rlcsd/residual")  # agent runs: tool calls vs reasoning
         teacher_pass.record_credit(inputs, {"token_advantage": token_adv}, color="token_advantage")
         return token_adv
 
