@@ -262,8 +262,9 @@ def test_lora_on_the_language_model_only_freezes_the_vision_tower(tiny_llava_dir
 
 
 def test_algorithms_without_image_support_are_refused_up_front(tiny_llava_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"RLSDConfig\.algorithm='sdpo' does not support image rows"):
-        make_trainer("llava", tiny_llava_dir, tmp_path, algorithm="sdpo")
+    with pytest.raises(ValueError, match=r"RLSDConfig\.algorithm='rlcsd' does not support image rows yet "
+                                         r"\(train_dataset has an image column\)"):
+        make_trainer("llava", tiny_llava_dir, tmp_path, algorithm="rlcsd")
 
 
 def test_rlsd_eval_on_a_tiny_vlm_over_an_image_jsonl(tiny_llava_dir, tmp_path, capsys):

@@ -85,7 +85,7 @@ def wrong_reference_prompts(rows: Sequence[Mapping[str, Any]], fields: Sequence[
 class WrongReference:
     """`teacher_contrast="wrong_reference"`: the second teacher pass and how its scores enter the signal."""
 
-    supports_images = False  # the wrong prompt's image tokens: see `Algorithm.unsupported`
+    supports_images = True  # the wrong prompt keeps the row's own images (`Algorithm.unsupported` checks this)
 
     def __init__(self, args):
         self.args = args

@@ -123,7 +123,6 @@ class SDPO(BlendedDistillation):
     """The self-teacher shown a successful peer rollout (see the module docstring)."""
 
     name = "sdpo"
-    supports_images = False
     default_teacher_mode = "ema"  # as SDPO and TRL's SDPOTrainer
 
     @classmethod
