@@ -14,8 +14,8 @@ rollouts and steps; only the variant differs. A variant is an algorithm (rlsd, g
 rlcsd, or your own 'file.py:Class') or `X+contrast` (teacher_contrast=wrong_reference). `--warm-starts` lists
 SFT seeds: each gives a separately warm-started student (a different checkpoint inside the accuracy band), and
 every variant x seed runs from each, so the result does not rest on one starting point. OPD's teacher is a
-larger tiny model with the same tokenizer, warm-started further on the same task. Finished runs are reused, so an interrupted benchmark
-continues where it stopped. Outputs in `--out`: `runs.json` (every run's curve and teacher statistics),
+larger tiny model with the same tokenizer, warm-started further on the same task. Finished runs are reused, so an
+interrupted benchmark continues where it stopped. Outputs in `--out`: `runs.json` (every run's curve and teacher statistics),
 `curves.json`, `summary.json` (means, 95% intervals, paired differences), `learning.png`, `table.md`.
 """
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from learning_stats import mean_curve, paired_differences, summarize, task_markdown  # noqa: E402
 
-from rlsd.algorithms import CONTRAST_SUFFIX, algorithm_variant, display_name  # noqa: E402
+from rlsd.config import algorithm_variant  # noqa: E402
 from rlsd.quickstart import quickstart_run, self_teacher_accuracy  # noqa: E402
 from rlsd.report import load_metrics, series  # noqa: E402
 from rlsd.run import train  # noqa: E402
@@ -148,7 +148,6 @@ def variants_from(names: str, ablation: bool) -> dict[str, tuple[str, dict]]:
     variants = {}
     for name in (split_variant(n)[0] for n in names.split(",") if n.strip()):
         algorithm, fields = algorithm_variant(name)
-        name = display_name(algorithm) + (CONTRAST_SUFFIX if fields else "")  # a 'file.py:Class' by its name
         variants[name] = (algorithm, {**VARIANT_DEFAULTS.get(algorithm, {}), **fields})
     return variants
 
