@@ -85,7 +85,8 @@ def test_learning_benchmark_quick(tmp_path):
     sdpo_means = next(r["training_means"] for r in runs if r["variant"] == "sdpo")
     assert "sdpo/peer_demo_frac" in sdpo_means and "distill/sampled_advantage" in sdpo_means
     results = sorted(p.name for p in (out / "results").iterdir())
-    assert results == sorted(f"arithmetic-sft0-{v}-seed0.json" for v in ("grpo", "grpo+opsd", "rlsd", "sdpo"))
+    variants = ("grpo", "grpo+opsd", "rlsd", "sdpo", "rlcsd")
+    assert results == sorted(f"arithmetic-sft0-{v}-seed0.json" for v in variants)
     assert json.loads((warm_starts / "arithmetic-sft0" / "warmstart.json").read_text())["accuracy_with_reference"] \
         is not None, "the self-teacher's view is recorded beside the warm start"
 

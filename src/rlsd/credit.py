@@ -157,7 +157,8 @@ def scheduled_lambda(lam: float, step: int, warmup_steps: int = 0, decay_steps: 
     return linear_decay_lambda(lam, step - warmup_steps, decay_steps)
 
 
-def thought_span_mask(token_texts: list[list[str]], start: str, end: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def thought_span_mask(token_texts: list[list[str]], start: str, end: str, width: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens strictly inside the reasoning span `start ... end` of each completion (the markers excluded).
 
     Args:

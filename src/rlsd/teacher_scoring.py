@@ -118,7 +118,7 @@ class TeacherPass:
         return self.encode(prompts, output, rows=rows, template=template, key=key)
 
     def plain_prompts(self, output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The student's own prompt (an external teacher shown nothing more); its multimodal fields are the student's."""
+        """The student's own prompt (an external teacher shown nothing more), with the student's multimodal fields."""
         return output["prompt_ids"], output["prompt_mask"]
 
     def encode(self, prompts: Sequence[Any], output: dict[str, Any], rows: Sequence[Mapping[str, Any]] | None = None,

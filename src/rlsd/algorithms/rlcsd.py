@@ -98,9 +98,9 @@ class RLCSD(Algorithm):
         if not 0.0 <= args.rlcsd_lambda <= 1.0:
             raise config_error("rlcsd_lambda", f"must be in [0, 1], got {args.rlcsd_lambda}")
         if not args.rlcsd_residual_clip_low <= 0 <= args.rlcsd_residual_clip_high:
-            raise config_error("rlcsd_residual_clip_low", "needs rlcsd_residual_clip_low <= 0 <= "
-                                                          f"rlcsd_residual_clip_high, got {args.rlcsd_residual_clip_low}"
-                                                          f" and {args.rlcsd_residual_clip_high}")
+            raise config_error("rlcsd_residual_clip_low",
+                               f"needs rlcsd_residual_clip_low <= 0 <= rlcsd_residual_clip_high, got "
+                               f"{args.rlcsd_residual_clip_low} and {args.rlcsd_residual_clip_high}")
         if isinstance(args.rlcsd_k_max, bool) or args.rlcsd_k_max < 1:
             raise config_error("rlcsd_k_max", f"must be a positive integer, got {args.rlcsd_k_max!r}")
         if args.rlcsd_hint_source not in HINT_SOURCES:
