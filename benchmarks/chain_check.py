@@ -17,9 +17,9 @@ import statistics
 import time
 
 from rlsd.config import algorithm_variant
-from rlsd.quickstart import quickstart_run, self_teacher_accuracy
-from rlsd.report import load_metrics
-from rlsd.run import train
+from rlsd.app.quickstart import quickstart_run, self_teacher_accuracy
+from rlsd.app.report import load_metrics
+from rlsd.app.run import train
 from rlsd.app.warmstart import warm_start
 
 KEYS = ("step_time", "reward", "teacher/time_frac", "teacher/contrast_time_frac", "rlsd/delta_mean",

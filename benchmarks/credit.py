@@ -33,8 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from rlsd import credit  # noqa: E402
-from rlsd.teacher import with_reference  # noqa: E402
+from rlsd.credit import maths as credit  # noqa: E402
+from rlsd.teacher.prompts import with_reference  # noqa: E402
 
 PRIVILEGED_FIELDS = ("answer", "solution")
 REGIONS = ("before", "span", "after")
@@ -129,7 +129,7 @@ def rlsd_weights(sign: float, teacher: torch.Tensor, student: torch.Tensor, eps_
 
 
 def score(model, tokenizer, rows: list[dict], seed: int, eps_w: float, batch: int = 16) -> list[dict]:
-    from rlsd.evaluate import render_prompt
+    from rlsd.app.evaluate import render_prompt
 
     rng = random.Random(seed)
     examples = []
@@ -205,7 +205,7 @@ def summarize(results: list[dict]) -> dict:
 
 
 def plot(results: list[dict], summary: dict, out_png: Path) -> None:
-    from rlsd.plotting import pyplot
+    from rlsd.app.plotting import pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -238,7 +238,7 @@ def plot(results: list[dict], summary: dict, out_png: Path) -> None:
 
 def plot_example(example: dict, tokenizer, eps_w: float, out_png: Path) -> None:
     """One correct/corrupted pair as `rlsd inspect` shows a group (tokens coloured by w_t)."""
-    from rlsd.credit_page import plot_group
+    from rlsd.app.inspect import plot_group
 
     completions = []
     for version, adv in (("right", 1.0), ("wrong", -1.0)):
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
         model_dir = save_tiny_model(out / "tiny-model", hidden_size=32, num_layers=2, num_heads=2)
         examples = min(args.examples, 16)
     else:
-        from rlsd.quickstart import WARM_START_PRIVILEGED_FRACTION, self_teacher_accuracy
+        from rlsd.app.quickstart import WARM_START_PRIVILEGED_FRACTION, self_teacher_accuracy
         from rlsd.app.warmstart import warm_start
 
         model_dir = Path(args.model_dir or out / "warmstart")

@@ -7,7 +7,7 @@ What it does, in order (each part is skipped with a message, not failed, once `-
 1. builds a random-init Qwen2-architecture model locally (~0.5B parameters: Qwen2.5-0.5B's shape, 151,936-token
    vocabulary) and a ~2x one for OPD, with a character tokenizer padded to that vocabulary, saved in bf16;
 2. teacher pass: one group (G = 8) with a 512-token prompt and 2,048-token completions, scored with the
-   shared-prefix pass (`rlsd.teacher_pass`, one prompt forward + KV cache) and with one full forward per row:
+   shared-prefix pass (`rlsd.teacher.shared_prefix`, one prompt forward + KV cache) and with one full forward per row:
    time, peak memory and their largest log-prob difference;
 3. 5 RLSD steps in bf16 with transformers generation, and 5 with vLLM colocated if `vllm` imports (else
    skipped, saying so): step time, loss, peak memory, teacher share, all finite;
@@ -190,7 +190,7 @@ def teacher_pass_part(model_path: str, spec: dict, bf16: bool) -> dict:
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from rlsd import teacher_pass
+    from rlsd.teacher import shared_prefix as teacher_pass
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)

@@ -9,7 +9,7 @@
     python benchmarks/learning.py --tasks chain --algorithms grpo,rlsd,rlsd+contrast --warm-starts 0,1 \\
         --seeds 0,1,2,3,4 --eval-size 500 --out ...
 
-Every run uses the quickstart recipe (`rlsd.quickstart.quickstart_run`): same checkpoint, seed, data order,
+Every run uses the quickstart recipe (`rlsd.app.quickstart.quickstart_run`): same checkpoint, seed, data order,
 rollouts and steps; only the variant differs. A variant is an algorithm (rlsd, grpo, opsd, opd, sdpo, grpo+opsd,
 rlcsd, or your own 'file.py:Class') or `X+contrast` (teacher_contrast=wrong_reference). `--warm-starts` lists
 SFT seeds: each gives a separately warm-started student (a different checkpoint inside the accuracy band), and
@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_stats import mean_curve, paired_differences, summarize, task_markdown  # noqa: E402
 
 from rlsd.config import algorithm_variant  # noqa: E402
-from rlsd.quickstart import quickstart_run, self_teacher_accuracy  # noqa: E402
-from rlsd.report import load_metrics, series  # noqa: E402
-from rlsd.run import train  # noqa: E402
+from rlsd.app.quickstart import quickstart_run, self_teacher_accuracy  # noqa: E402
+from rlsd.app.report import load_metrics, series  # noqa: E402
+from rlsd.app.run import train  # noqa: E402
 from rlsd.app.warmstart import load_result, machine_facts, save_result, warm_start  # noqa: E402
 
 ABLATIONS = {

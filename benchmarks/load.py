@@ -43,8 +43,8 @@ if os.environ.pop("LOAD_BENCH_TORCH_FIRST", None):
     import torch  # OpenMP reads its settings now, before rlsd could set its wait policy: libgomp's own default
 import rlsd  # sets the OpenMP wait policy before torch loads (unless the environment sets one)
 import torch
-from rlsd.quickstart import quickstart_run
-from rlsd.run import build_trainer
+from rlsd.app.quickstart import quickstart_run
+from rlsd.app.run import build_trainer
 from rlsd.app.warmstart import _deterministic
 
 model, algorithm, steps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -69,7 +69,7 @@ print(json.dumps({"seconds": seconds, "steps": steps, "losses": losses, "weights
 
 
 def shipped_model() -> str:
-    from rlsd.quickstart import shipped_warm_start
+    from rlsd.app.quickstart import shipped_warm_start
 
     path = shipped_warm_start("arithmetic")
     if path is None:

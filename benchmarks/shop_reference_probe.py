@@ -1,7 +1,7 @@
 """Agent quickstart's warm start (`shop`): held-out accuracy with and without the reference in the prompt.
 
 RLSD's self-teacher reads the reference; it can only give useful token credit where it beats the student.
-This runs the quickstart's agent warm start (`rlsd.quickstart.AGENT_WARM_START`, deterministic, one thread)
+This runs the quickstart's agent warm start (`rlsd.app.quickstart.AGENT_WARM_START`, deterministic, one thread)
 past the band and prints, at every evaluation, plain accuracy (the student) and accuracy with the reference
 (the self-teacher's view), on the same 50 held-out episodes.
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import rlsd.evaluate as evaluation
-from rlsd.quickstart import AGENT_THREADS, AGENT_WARM_START, PRIVILEGED_FIELDS, WARM_START_PRIVILEGED_FRACTION
+import rlsd.app.evaluate as evaluation
+from rlsd.app.quickstart import AGENT_THREADS, AGENT_WARM_START, PRIVILEGED_FIELDS, WARM_START_PRIVILEGED_FRACTION
 from rlsd.app.warmstart import warm_start
-from rlsd.teacher import with_reference
+from rlsd.teacher.prompts import with_reference
 
 
 def main() -> None:

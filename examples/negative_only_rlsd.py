@@ -13,7 +13,7 @@ needs.)
 
 import torch
 
-from rlsd import credit
+from rlsd.credit import maths as credit
 from rlsd.algorithms import RLSD
 
 

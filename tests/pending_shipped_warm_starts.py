@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlsd.quickstart import SHIPPED_WARM_STARTS, shipped_warm_start  # noqa: E402
+from rlsd.app.quickstart import SHIPPED_WARM_STARTS, shipped_warm_start  # noqa: E402
 from rlsd.app.warmstart import FORMAT_VERSION, load_result, recorded_arguments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_the_quickstart_warm_start_is_shipped_with_the_package():
 def test_the_shipped_warm_start_scores_what_it_records():
     """Re-evaluated here, the shipped checkpoint scores its recorded held-out accuracy (100 problems, greedy).
     Another kind of CPU may round a near-tie differently, hence one problem of slack."""
-    from rlsd.evaluate import evaluate, load_model
+    from rlsd.app.evaluate import evaluate, load_model
     from rlsd.tasks import get_task
 
     path = shipped_warm_start("arithmetic")

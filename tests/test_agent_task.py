@@ -9,7 +9,7 @@ from rlsd.tasks.tiny_tools import build_tool_tokenizer
 
 
 def test_shop_task_needs_its_tools_and_its_worked_episode_replays_to_the_answer():
-    from rlsd.agent_rollout import run_tool_calls
+    from rlsd.agents.rollout import run_tool_calls
     from rlsd.tasks import get_task
     from rlsd.tasks.shop import PRICES
 
@@ -39,7 +39,7 @@ def test_shop_task_needs_its_tools_and_its_worked_episode_replays_to_the_answer(
 
 
 def test_warm_start_examples_train_only_the_agents_turns_in_the_trainers_layout(tool_model_dir, tmp_path):
-    from rlsd.agent_rollout import sft_example
+    from rlsd.agents.rollout import sft_example
     from rlsd.tasks import get_task
 
     task = get_task("shop")
@@ -72,7 +72,7 @@ def test_warm_start_examples_train_only_the_agents_turns_in_the_trainers_layout(
 
 def test_run_config_takes_tools_and_an_environment_by_path(tool_model_dir, tmp_path):
     from rlsd.config import load_run_config
-    from rlsd.run import RunError, build_trainer
+    from rlsd.app.run import RunError, build_trainer
 
     (tmp_path / "my_tools.py").write_text(
         'def lookup(key: str) -> str:\n    """Look a key up.\n\n    Args:\n        key: the key\n    """\n'
@@ -104,7 +104,7 @@ def test_run_config_takes_tools_and_an_environment_by_path(tool_model_dir, tmp_p
 def test_agent_quickstart_fast_runs_rlsd_and_grpo_with_tools(tmp_path, capsys):
     import json
 
-    from rlsd.cli import main
+    from rlsd.app.cli import main
 
     out = tmp_path / "qs"
     assert main(["quickstart", "--task", "shop", "--fast", "--steps", "2", "--output-dir", str(out)]) == 0
@@ -123,8 +123,8 @@ def test_agent_quickstart_fast_runs_rlsd_and_grpo_with_tools(tmp_path, capsys):
 
 
 def test_agent_evaluation_plays_greedy_episodes_with_the_tools(tool_model_dir, capsys):
-    from rlsd.cli import main
-    from rlsd.evaluate import evaluate
+    from rlsd.app.cli import main
+    from rlsd.app.evaluate import evaluate
     from rlsd.tasks import get_task
 
     task = get_task("shop")
@@ -173,7 +173,7 @@ def test_shipped_agent_config_and_examples_build_a_trainer(tool_model_dir, tmp_p
     from pathlib import Path
 
     from rlsd.config import load_run_config
-    from rlsd.run import build_trainer
+    from rlsd.app.run import build_trainer
 
     root = Path(__file__).resolve().parents[1]
     config = str(root / "configs" / "agent-cpu.yaml")
@@ -191,7 +191,7 @@ def test_shipped_agent_config_and_examples_build_a_trainer(tool_model_dir, tmp_p
 
 
 def test_full_agent_quickstart_warm_start_is_deterministic_on_one_thread_and_text_tasks_keep_their_sizes():
-    from rlsd.quickstart import AGENT_THREADS, QUICKSTART_THREADS, _agent_sizes, reproducible_warm_start
+    from rlsd.app.quickstart import AGENT_THREADS, QUICKSTART_THREADS, _agent_sizes, reproducible_warm_start
 
     full = reproducible_warm_start("shop", fast=False)
     assert full["num_threads"] == AGENT_THREADS == 1 and full["deterministic"] is True

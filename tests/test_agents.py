@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from agent_helpers import (MARKER, ObservedShop, Shop, agent_trainer, algorithm_config, calc, contains,
                            generation_batch, make_rows, tool_model_dir)  # noqa: F401 (fixture)
 
-from rlsd import agents
+from rlsd.agents import glue as agents
 from rlsd.config import ALGORITHMS
 from rlsd.tasks.tiny import build_char_tokenizer, build_tiny_model
 from rlsd.tasks.tiny_tools import TOOL_CHAT_TEMPLATE, build_tool_tokenizer

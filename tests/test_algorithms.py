@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import MARKER, digit_reward, make_dataset, tiny_config
 
-from rlsd import RLSDConfig, RLSDTrainer, credit
+from rlsd import RLSDConfig, RLSDTrainer
+from rlsd.credit import maths as credit
 from rlsd.algorithms import blend, contrast, sdpo
 from test_trainer import generation_batch, loss_and_grads
 
@@ -303,7 +304,7 @@ def test_blended_token_advantages_mix_as_documented():
 def test_compare_runs_the_new_algorithms_and_contrast_variants(tiny_model_dir, tmp_path, capsys):
     import json
 
-    from rlsd.cli import main
+    from rlsd.app.cli import main
     from rlsd.config import algorithm_variant
     from test_cli import write_config
 
@@ -324,7 +325,7 @@ def test_compare_runs_the_new_algorithms_and_contrast_variants(tiny_model_dir, t
 
 def test_full_vocabulary_contrast_distils_nothing_when_the_wrong_reference_is_the_right_one(
         tiny_model_dir, tmp_path, monkeypatch):
-    from rlsd import teacher
+    from rlsd.teacher import prompts as teacher
 
     dataset = make_dataset()
     trainer = make(tiny_model_dir, tmp_path, dataset=dataset, algorithm="opsd", teacher_contrast="wrong_reference")

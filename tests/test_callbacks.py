@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlsd.callbacks import HeldOutEvalCallback, JsonlMetricsCallback  # noqa: E402
+from rlsd.app.callbacks import HeldOutEvalCallback, JsonlMetricsCallback  # noqa: E402
 from rlsd.tasks import get_task  # noqa: E402
 from rlsd.tasks.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
 

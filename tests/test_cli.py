@@ -7,9 +7,9 @@ import pytest
 import yaml
 from transformers import TrainerCallback
 
-from rlsd.cli import main
+from rlsd.app.cli import main
 from rlsd.config import load_run_config
-from rlsd.run import train
+from rlsd.app.run import train
 
 
 REWARD_FILE = """

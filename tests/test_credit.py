@@ -5,13 +5,7 @@ import math
 import pytest
 import torch
 
-from rlsd.credit import (
-    distillation_divergence,
-    group_advantages,
-    linear_decay_lambda,
-    rlsd_token_advantages,
-    sampled_token_advantages,
-)
+from rlsd.credit.maths import distillation_divergence, group_advantages, linear_decay_lambda, rlsd_token_advantages, sampled_token_advantages
 
 
 def random_batch(seed=0, batch=16, length=12, scale=1.0):

@@ -9,9 +9,10 @@ import pytest
 import torch
 from conftest import digit_reward, make_dataset, tiny_config
 
-from rlsd import RLSDTrainer, credit
-from rlsd.credit_page import clip_summary, colour, render_page
-from rlsd.credit_records import CREDIT_FILE, CreditRecorder, load_credit_records
+from rlsd import RLSDTrainer
+from rlsd.credit import maths as credit
+from rlsd.app.inspect import clip_summary, colour, render_page
+from rlsd.credit.records import CREDIT_FILE, CreditRecorder, load_credit_records
 
 
 def short_run(model_dir, tmp_path, recorder=None, **config):
@@ -134,7 +135,7 @@ def test_inspect_page_renders_in_headless_chromium_with_one_span_per_token(rlsd_
     if browser is None:
         pytest.skip("no chromium binary (Debian: apt-get install chromium); the browser test needs one")
     page, png = tmp_path / "page.html", tmp_path / "group.png"
-    from rlsd.cli import main
+    from rlsd.app.cli import main
 
     assert main(["inspect", rlsd_run, "--out", str(page), "--png", str(png)]) == 0
     assert png.stat().st_size > 5000  # the README picture of one group
@@ -159,7 +160,7 @@ def test_inspect_page_renders_in_headless_chromium_with_one_span_per_token(rlsd_
 
 
 def test_report_links_the_credit_page(rlsd_run, tmp_path):
-    from rlsd.report import report
+    from rlsd.app.report import report
 
     written = report([rlsd_run], tmp_path / "report")
     assert [p.name for p in written["credit_pages"]] == ["credit-out.html"]  # named by the run's label
@@ -169,7 +170,7 @@ def test_report_links_the_credit_page(rlsd_run, tmp_path):
 
 
 def test_inspect_missing_records_and_unknown_step_are_one_line_errors(rlsd_run, tmp_path):
-    from rlsd.cli import main
+    from rlsd.app.cli import main
 
     assert main(["inspect", str(tmp_path)]) == 2
     assert main(["inspect", rlsd_run, "--step", "99"]) == 2

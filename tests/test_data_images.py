@@ -182,7 +182,7 @@ def test_same_text_with_different_images_is_not_a_train_eval_overlap(tmp_path):
 
 def test_run_builds_image_rows_in_trls_convention(tmp_path):
     """`rlsd train` with a JSONL of image rows: what run.build_datasets hands to the trainer."""
-    from rlsd.run import build_datasets
+    from rlsd.app.run import build_datasets
 
     png(tmp_path / "a.png")
     rows = [{"question": f"Q{i}?", "image": "a.png", "answer": str(i)} for i in range(3)]
@@ -201,7 +201,7 @@ def test_rlsd_train_on_a_jsonl_of_image_rows(tmp_path):
     """End to end: `rlsd train` with image rows (paths in content blocks) and a tiny LLaVA, held-out eval too."""
     import yaml
 
-    from rlsd.cli import main
+    from rlsd.app.cli import main
     from rlsd.tasks.tiny_vlm import save_tiny_llava
 
     model = save_tiny_llava(tmp_path / "llava", hidden_size=32, num_layers=2, num_heads=2)

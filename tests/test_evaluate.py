@@ -10,8 +10,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import rlsd.evaluate as ev  # noqa: E402
-from rlsd.evaluate import evaluate, maj_correct, majority_vote, pass_at_k  # noqa: E402
+import rlsd.app.evaluate as ev  # noqa: E402
+from rlsd.app.evaluate import evaluate, maj_correct, majority_vote, pass_at_k  # noqa: E402
 from rlsd.tasks import get_task  # noqa: E402
 from rlsd.tasks.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
 

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlsd.cli import main
+from rlsd.app.cli import main
 
 PROMPT = [{"role": "user", "content": "What is 12+7?"}]
 

@@ -9,7 +9,7 @@ from conftest import make_dataset, tiny_config
 
 from rlsd import RLSDConfig, RLSDTrainer
 from rlsd.algorithms import get_algorithm
-from rlsd.cli import main
+from rlsd.app.cli import main
 from test_cli import write_config
 from test_trainer import generation_batch
 

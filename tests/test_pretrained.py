@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from rlsd import pretrained
-from rlsd.cli import main
+from rlsd.app.cli import main
 from rlsd.tasks.tiny_vlm import save_tiny_llava
 
 TRAINING = {"max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8,

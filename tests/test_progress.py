@@ -3,7 +3,7 @@
 import io
 from types import SimpleNamespace
 
-from rlsd.progress import CompactProgressCallback, progress_line
+from rlsd.app.progress import CompactProgressCallback, progress_line
 
 
 def test_progress_line_shows_what_is_known():

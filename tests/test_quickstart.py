@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlsd.cli import main
+from rlsd.app.cli import main
 
 
 @pytest.mark.slow
@@ -53,7 +53,7 @@ def test_visual_quickstart_fast_trains_a_tiny_vlm(tmp_path):
 def test_full_quickstart_warm_start_is_a_fixed_deterministic_step_count():
     """The full arithmetic quickstart trains exactly WARM_START_STEPS steps, deterministically, on fixed threads;
     the time limit is only the safety cap; --fast keeps its short band-stopped warm start."""
-    from rlsd.quickstart import QUICKSTART_THREADS, WARM_START_CAP_S, WARM_START_STEPS, reproducible_warm_start
+    from rlsd.app.quickstart import QUICKSTART_THREADS, WARM_START_CAP_S, WARM_START_STEPS, reproducible_warm_start
 
     full = reproducible_warm_start("arithmetic", fast=False)
     assert full == {"num_threads": QUICKSTART_THREADS, "deterministic": True, "time_budget_s": WARM_START_CAP_S,
@@ -72,7 +72,7 @@ def test_quickstart_starts_from_the_shipped_warm_start_and_can_retrain_it(tmp_pa
     import torch
     from transformers import AutoModelForCausalLM
 
-    import rlsd.quickstart as quickstart
+    import rlsd.app.quickstart as quickstart
     from rlsd.app.warmstart import load_result, save_result, warm_start
 
     shipped_root = tmp_path / "shipped"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlsd import report
+from rlsd.app import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -113,7 +113,7 @@ def test_report_writes_markdown_with_table_and_relative_links(runs, tmp_path):
 
 
 def test_moving_average_is_a_trailing_mean_of_the_same_length():
-    from rlsd.report import moving_average
+    from rlsd.app.report import moving_average
 
     assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert moving_average([], 3) == []

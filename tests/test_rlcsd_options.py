@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import make_dataset, tiny_config
 
-from rlsd import RLSDConfig, RLSDTrainer, credit
+from rlsd import RLSDConfig, RLSDTrainer
+from rlsd.credit import maths as credit
 from rlsd.algorithms import rlcsd
 from test_trainer import generation_batch, loss_and_grads
 

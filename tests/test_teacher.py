@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlsd import teacher
+from rlsd.teacher import prompts as teacher
 from rlsd.config import RLSDConfig
 
 ROW = {"answer": "42", "solution": "6*7=42"}
@@ -95,7 +95,7 @@ def test_config_defaults_match_spec(tmp_path):
 def test_with_reference_gives_the_teachers_prompt_and_names_a_missing_field():
     import pytest
 
-    from rlsd.teacher import default_template, teacher_prompt, with_reference
+    from rlsd.teacher.prompts import default_template, teacher_prompt, with_reference
 
     rows = [{"prompt": [{"role": "user", "content": "Compute 2+3."}], "answer": "5", "solution": "2+3=5"},
             {"prompt": "Compute 1+1.", "answer": "2", "solution": "1+1=2"}]

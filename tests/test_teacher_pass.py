@@ -6,7 +6,8 @@ from conftest import MARKER, digit_reward, tiny_config
 from datasets import Dataset
 from transformers import MistralConfig, MistralForCausalLM
 
-from rlsd import RLSDTrainer, teacher_pass
+from rlsd import RLSDTrainer
+from rlsd.teacher import shared_prefix as teacher_pass
 
 
 def varied_dataset():

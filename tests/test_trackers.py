@@ -86,7 +86,7 @@ def test_tensorboard_logs_every_step_once_after_a_resume(tiny_model_dir, tmp_pat
     reader sees steps 1..5 once each, and step 3 carries the resumed run's value (the one in metrics.jsonl)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from rlsd.run import train
+    from rlsd.app.run import train
 
     rewards = tmp_path / "my_rewards.py"
     rewards.write_text("def digits(prompts, completions, **kw):\n"

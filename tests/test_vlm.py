@@ -9,7 +9,8 @@ from datasets import Dataset
 from PIL import Image
 from transformers import TrainerCallback
 
-from rlsd import RLSDTrainer, teacher
+from rlsd import RLSDTrainer
+from rlsd.teacher import prompts as teacher
 from rlsd.tasks.tiny_vlm import build_tiny_qwen2_vl, save_tiny_llava
 
 
@@ -248,7 +249,7 @@ def test_resume_after_interruption_with_images(tiny_llava_dir, tmp_path):
 
 
 def test_lora_on_the_language_model_only_freezes_the_vision_tower(tiny_llava_dir, tmp_path):
-    from rlsd.run import lora_config
+    from rlsd.app.run import lora_config
 
     peft_config = lora_config({"r": 4, "language_only": True})
     args = tiny_config(tmp_path, algorithm="rlsd", teacher_mode="ema", max_steps=1)
@@ -270,7 +271,7 @@ def test_algorithms_without_image_support_are_refused_up_front(tiny_llava_dir, t
 def test_rlsd_eval_on_a_tiny_vlm_over_an_image_jsonl(tiny_llava_dir, tmp_path, capsys):
     import json
 
-    from rlsd.cli import main
+    from rlsd.app.cli import main
     from rlsd.tasks import get_task
 
     rows = get_task("shapes").make_rows(4, seed=0, split="test")

@@ -6,7 +6,7 @@ import torch
 from conftest import MARKER
 from test_vlm import direct_teacher_logps, generation_batch, make_trainer, tiny_llava_dir  # noqa: F401 - fixture
 
-from rlsd import teacher
+from rlsd.teacher import prompts as teacher
 
 
 def positional_reward(prompts, completions, **kwargs):

@@ -10,7 +10,7 @@ from .algorithms import (BUILTIN_ALGORITHMS, CONTRAST_SUFFIX, algorithm_variant,
                          validate_algorithm_config)
 from .algorithms.contrast import TEACHER_CONTRASTS
 from .algorithms.rlsd import LAMBDA_SCHEDULES
-from .teacher import DEFAULT_LEAKAGE_PATTERNS, default_template, template_fields
+from .teacher.prompts import DEFAULT_LEAKAGE_PATTERNS, default_template, template_fields
 
 # Built-in algorithms (a user's own class is named by 'file.py:Class' or 'module:Class', see rlsd.algorithms).
 ALGORITHMS = tuple(cls.name for cls in BUILTIN_ALGORITHMS)
@@ -88,7 +88,7 @@ class RLSDConfig(GRPOConfig):
     teacher_share_prefix: bool = field(
         default=True,
         metadata={"help": "Read each distinct teacher prompt once and reuse its KV cache for its G completions "
-                          "(falls back to one full pass per row where it cannot apply, see rlsd.teacher_pass)."},
+                          "(falls back to one full pass per row where it cannot apply, see rlsd.teacher.shared_prefix)."},
     )
     distill_divergence: str = field(default="forward_kl", metadata={"help": f"OPSD/OPD signal: one of {DIVERGENCES}."})
     distill_jsd_beta: float = field(default=0.5, metadata={"help": "Mixture weight for distill_divergence='jsd'."})

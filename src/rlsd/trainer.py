@@ -7,7 +7,7 @@ The step, end to end, the same for every method:
 3. In the loss, `algorithm.loss(teacher_pass, model, batch, policy_loss)`: TRL's clipped surrogate with the
    algorithm's (B, T) token advantages (s_old filled in on-policy without an extra forward), or a loss of its own.
 The trainer never names a method: what differs lives in the algorithm class (`RLSDConfig.algorithm`, a
-registered name or 'file.py:Class'), what it may ask of the teacher in `rlsd.teacher_scoring.TeacherPass`.
+registered name or 'file.py:Class'), what it may ask of the teacher in `rlsd.teacher.scoring.TeacherPass`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel
 from trl import GRPOTrainer
 
-from . import agents, multimodal, pretrained, teacher, trackers
+from . import checkpoints, pretrained, trackers
+from .agents import glue as agents
 from .algorithms import Algorithm, get_algorithm
 from .config import RLSDConfig
 from .rewards import pop_reward_errors
 from .rewards.sandbox import sandbox_layers
-from . import checkpoints
-from .teacher_scoring import TeacherPass
-from .teacher_weights import TEACHER_STATE_FILE, TeacherUpdateCallback, TeacherWeights
+from .teacher import images as multimodal, prompts as teacher
+from .teacher.scoring import TeacherPass
+from .teacher.weights import TEACHER_STATE_FILE, TeacherUpdateCallback, TeacherWeights
 
 
 class RLSDTrainer(GRPOTrainer):

@@ -4,7 +4,7 @@ Launched either as one plain process (`python ddp_run.py ...`) or under
 `accelerate launch --multi_gpu --num_processes 2 ddp_run.py ...` (or with
 `--config_file` a DeepSpeed config; `--lora` trains an adapter). FSDP cannot be
 tried on CPU: accelerate falls back to MULTI_CPU DDP, which `distributed_type`
-in the records shows. The trainer is built by `rlsd.run.build_trainer`,
+in the records shows. The trainer is built by `rlsd.app.run.build_trainer`,
 exactly as `rlsd train` builds it, and then given a deterministic
 `rollout_func`: completion ids are a pure function of the prompt text and of the
 prompt's occurrence index in the *global* generation batch. That makes a
@@ -172,7 +172,7 @@ def run_config(args: argparse.Namespace, mode: str) -> dict[str, Any]:
 
 
 def train_one(args: argparse.Namespace, mode: str) -> None:
-    from rlsd.run import build_trainer
+    from rlsd.app.run import build_trainer
 
     out = Path(args.out) / mode
     record_dir = out / "records"

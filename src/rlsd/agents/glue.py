@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from .agent_rollout import environment_tool_names
-from .rewards.importing import RewardError, import_reward
+from ..rewards.importing import RewardError, import_reward
+from .rollout import environment_tool_names
 
 PRIVILEGED_HOOK = "_privileged_context"
 # Fallback only, for a tokenizer without a response parser (`response_template`/`response_schema`): where a tool

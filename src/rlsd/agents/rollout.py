@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from .rewards._text import completion_text
-from .tasks.base import extract_answer as default_extract
+from ..rewards._text import completion_text
+from ..tasks.base import extract_answer as default_extract
 
 
 def tool_suffix_ids(tokenizer, tool_messages: list[dict]) -> list[int]:
@@ -141,7 +141,7 @@ def evaluate_agent(model, tokenizer, rows: Sequence[dict], reward_fn: Callable |
                    environment_factory: Callable | None = None, max_new_tokens: int = 128, batch_size: int = 64,
                    correct_threshold: float = 1.0, prompt_column: str = "prompt",
                    extract_answer: Callable | None = None) -> dict[str, Any]:
-    """Greedy held-out accuracy of an agent (`rlsd.evaluate.evaluate(..., tools=...)`), plus tool calls and
+    """Greedy held-out accuracy of an agent (`rlsd.app.evaluate.evaluate(..., tools=...)`), plus tool calls and
     tool errors per episode. The reward sees the episode's messages, as in training.
 
     With `environment_factory` each row gets a fresh environment, as in TRL: `reset(**row)`'s observation joins

@@ -8,7 +8,7 @@ loss (TRL's clipped surrogate with this method's token advantages, or a loss of 
 - its own metrics (log through the `TeacherPass` it is handed) and the validation of its config fields
   (`check_config`);
 - what it supports (`supports_images`, `supports_tools`, `supports_multiprocess`, `supports_contrast`).
-It never reaches into the trainer: everything it may ask for is on `rlsd.teacher_scoring.TeacherPass`.
+It never reaches into the trainer: everything it may ask for is on `rlsd.teacher.scoring.TeacherPass`.
 The maths stays in pure functions (`rlsd.credit`); an algorithm wires them to the batch.
 
 Batch keys an algorithm reads (B rows, T completion tokens): `completion_ids`, `completion_mask`, `prompt_ids`,
@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..teacher_scoring import TeacherPass, loss_mask
+from ..teacher.scoring import TeacherPass, loss_mask
 from .contrast import contrast_for
 
 PolicyLoss = Callable[..., torch.Tensor]  # policy_loss(model, inputs, token_advantages=None) -> TRL's loss

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
-from .. import credit, teacher
-from ..teacher_scoring import TeacherPass
+from ..credit import maths as credit
+from ..teacher import prompts as teacher
+from ..teacher.scoring import TeacherPass
 
 TEACHER_CONTRASTS = ("none", "wrong_reference")
 WRONG_KEY = "teacher_wrong"  # batch keys of the wrong-reference prompts: teacher_wrong_prompt_ids, ...

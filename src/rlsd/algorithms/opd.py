@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..teacher_scoring import TeacherPass
+from ..teacher.scoring import TeacherPass
 from .base import config_error
 from .opsd import OPSD
 

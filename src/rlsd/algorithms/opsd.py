@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from .. import credit
-from ..teacher_scoring import TeacherPass
+from ..credit import maths as credit
+from ..teacher.scoring import TeacherPass
 from .base import Algorithm, PolicyLoss
 
 

@@ -38,9 +38,10 @@ from typing import Any
 
 import torch
 
-from .. import credit, teacher
+from ..credit import maths as credit
 from ..rewards._text import extract_final_answer
-from ..teacher_scoring import TeacherPass
+from ..teacher import prompts as teacher
+from ..teacher.scoring import TeacherPass
 from .base import Algorithm, config_error
 
 RLCSD_TEMPLATE = ("{prompt}\n\nHere is a reference solution to this problem:\n=== Reference Solution Begin ===\n"

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from .. import credit, credit_records
-from ..teacher_scoring import TeacherPass
+from ..credit import maths as credit, records as credit_records
+from ..teacher.scoring import TeacherPass
 from .base import Algorithm, config_error
 
 LAMBDA_SCHEDULES = ("constant", "linear_decay")

@@ -45,8 +45,8 @@ from typing import Any
 
 import torch
 
-from .. import teacher
-from ..teacher_scoring import TeacherPass
+from ..teacher import prompts as teacher
+from ..teacher.scoring import TeacherPass
 from . import contrast
 from .base import config_error
 from .blend import BlendedDistillation

@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 
 from transformers import TrainerCallback
 
+from ..runlog import rewind_on_resume
 from .evaluate import evaluate
-from .runlog import rewind_on_resume
 
 
 def _jsonable(value: Any) -> Any:

@@ -14,19 +14,19 @@ import os
 import shlex
 import sys
 
-from .agents import load_tools
-from .algorithms import CONTRAST_SUFFIX, algorithm_variant, display_name
-from .config import load_run_config
-from .credit_page import inspect
-from .data import load_dataset
+from ..agents.glue import load_tools
+from ..algorithms import CONTRAST_SUFFIX, algorithm_variant, display_name
+from ..config import load_run_config
+from ..data import load_dataset
+from ..rewards import get_reward
+from ..tasks import get_task
+from ..teacher.prompts import with_reference
 from .evaluate import evaluate, load_model
 from .export import export
+from .inspect import inspect
 from .quickstart import run_quickstart
 from .report import report
-from .rewards import get_reward
 from .run import RunError, RunInterrupted, check_model_path, train
-from .tasks import get_task
-from .teacher import with_reference
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:

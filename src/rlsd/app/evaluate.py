@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .agent_rollout import evaluate_agent
-from .multimodal import row_images
-from .pretrained import load_pretrained
-from .tasks.base import extract_answer as default_extract
+from ..agents.rollout import evaluate_agent
+from ..pretrained import load_pretrained
+from ..tasks.base import extract_answer as default_extract
+from ..teacher.images import row_images
 
 RewardFn = Callable[..., list[float]]
 
@@ -196,7 +196,7 @@ def evaluate(
     """Score `model` on `rows` with `reward_fn`; returns metrics plus per-row `records`.
 
     With `tools` and/or a TRL `environment_factory` (an agent), each row is a greedy multi-turn episode that
-    calls them (`agent_rollout.evaluate_agent`, greedy only; adds `tool_calls_per_episode`).
+    calls them (`agents.rollout.evaluate_agent`, greedy only; adds `tool_calls_per_episode`).
 
     - greedy decoding (if `greedy`): `accuracy` (share of rows whose reward is
       >= `correct_threshold`) and `reward_mean`;

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .pretrained import ADAPTER_CONFIG, adapter_base, load_model, load_processor
+from ..pretrained import ADAPTER_CONFIG, adapter_base, load_model, load_processor
 from .report import load_saved_config, summarize_run
 
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",

@@ -1,4 +1,4 @@
-"""`rlsd inspect`: per-token credit pages from a run's `credit.jsonl` (see `credit_records`).
+"""`rlsd inspect`: per-token credit pages from a run's `credit.jsonl` (see `rlsd.credit.records`).
 
 One self-contained HTML file (inline CSS and a few lines of inline JS for the step selector, nothing fetched):
 per recorded step, a summary of where RLSD's weights clipped, then per group the student prompt, the
@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from .credit_records import CREDIT_FILE, load_credit_records
+from ..credit.records import CREDIT_FILE, load_credit_records
 from .plotting import pyplot
 
 PAGE_FILE = "credit.html"

@@ -12,15 +12,14 @@ import shutil
 import time
 from pathlib import Path
 
+from .. import tasks as tasks_package
+from ..tasks import get_task
+from ..teacher.prompts import with_reference
 from .evaluate import evaluate, load_model
 from .progress import CompactProgressCallback
 from .report import markdown_table, report
 from .run import check_output_dir, train
-from .tasks import get_task
-from . import tasks as tasks_package
-from .app.warmstart import (WarmStartResult, _deterministic, _torch_threads, load_result, recorded_arguments,
-                            warm_start)
-from .teacher import with_reference
+from .warmstart import WarmStartResult, _deterministic, _torch_threads, load_result, recorded_arguments, warm_start
 
 QUICKSTART_ALGORITHMS = ("rlsd", "grpo")
 PRIVILEGED_FIELDS = ("answer", "solution")
@@ -158,7 +157,7 @@ def quickstart_run(task: str, model_dir: str, algorithm: str, steps: int, seed: 
             "save_strategy": "no",
             "seed": seed,
             "report_to": [],
-            "disable_tqdm": True,  # rlsd.progress prints a compact line every few steps instead
+            "disable_tqdm": True,  # rlsd.app.progress prints a compact line every few steps instead
             "privileged_fields": list(PRIVILEGED_FIELDS),
         },
     }

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .credit_page import write_page
-from .credit_records import CREDIT_FILE
+from ..credit.records import CREDIT_FILE
+from ..runlog import read_records
+from .inspect import write_page
 from .plotting import pyplot
-from .runlog import read_records
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILES = ("run_config.json", "config.yaml", "config.yml")
@@ -320,7 +320,7 @@ def _write_credit_pages(run_dirs: Sequence[PathLike], out_dir: Path, markdown: P
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m rlsd.report RUN_DIR [RUN_DIR ...] --out DIR`."""
+    """`python -m rlsd.app.report RUN_DIR [RUN_DIR ...] --out DIR`."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -20,17 +20,17 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .agents import load_environment, load_tools
-from .algorithms import display_name
+from ..agents.glue import load_environment, load_tools
+from ..algorithms import display_name
+from ..config import RLSDConfig
+from ..credit.records import CREDIT_FILE, CreditRecorder
+from ..data import load_dataset
+from ..rewards import get_rewards, robust
+from ..runlog import rewind_on_resume
+from ..tasks import get_task
+from ..trackers import prepare_environment
+from ..trainer import RLSDTrainer
 from .callbacks import HeldOutEvalCallback, JsonlMetricsCallback
-from .config import RLSDConfig
-from .credit_records import CREDIT_FILE, CreditRecorder
-from .data import load_dataset
-from .rewards import get_rewards, robust
-from .runlog import rewind_on_resume
-from .tasks import get_task
-from .trackers import prepare_environment
-from .trainer import RLSDTrainer
 
 logger = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from .. import tasks as registry
-from ..agent_rollout import sft_example
-from ..evaluate import evaluate, render_prompt
-from ..teacher import with_reference
+from ..agents.rollout import sft_example
 from ..tasks.base import Task
 from ..tasks.tiny import build_char_tokenizer, build_tiny_model
 from ..tasks.tiny_tools import build_tool_tokenizer
 from ..tasks.tiny_vlm import build_tiny_llava, build_tiny_llava_processor
+from ..teacher.prompts import with_reference
+from .evaluate import evaluate, render_prompt
 
 logger = logging.getLogger(__name__)
 

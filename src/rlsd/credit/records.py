@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from . import credit
-from .runlog import read_records, rewind_on_resume
+from ..runlog import read_records, rewind_on_resume
+from . import maths as credit
 
 CREDIT_FILE = "credit.jsonl"
 ROW_KEY = "credit_row"  # (B,) long tensor added to the generation batch: the row's index in the recorder's table

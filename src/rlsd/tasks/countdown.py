@@ -17,7 +17,7 @@ from collections import Counter
 from fractions import Fraction
 from typing import Any
 
-from ..teacher import prompt_text
+from ..teacher.prompts import prompt_text
 from .base import Row, chat_prompt, extract_answer, sampled_task
 
 NAME = "countdown"

@@ -25,7 +25,9 @@ import torch
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
-from . import agents, credit_records, multimodal, teacher, teacher_pass
+from ..agents import glue as agents
+from ..credit import records as credit_records
+from . import images as multimodal, prompts as teacher, shared_prefix as teacher_pass
 
 TEACHER_KEY = "teacher"  # batch keys of the main teacher prompt: teacher_prompt_ids, teacher_mm_token_type_ids, ...
 
@@ -296,7 +298,7 @@ class TeacherPass:
         return self._trainer.accelerator.reduce(values.float().to(self.device), "sum").tolist()
 
     def record_credit(self, inputs: Mapping[str, Any], signals, **how) -> None:
-        """Per-token credit for `rlsd inspect` (see credit_records): `signals` maps names to (B, T) tensors,
+        """Per-token credit for `rlsd inspect` (see `rlsd.credit.records`): `signals` maps names to (B, T) tensors,
         or is a function returning that map (only called when this micro-batch holds recorded rows)."""
         recorder = getattr(self._trainer, "credit_recorder", None)
         if recorder is not None and inputs.get(credit_records.ROW_KEY) is not None:

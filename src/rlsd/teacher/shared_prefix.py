@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .multimodal import FORWARD_FIELDS, TEACHER_PREFIX
+from .images import FORWARD_FIELDS, TEACHER_PREFIX
 
 # Batch keys that mean the teacher forward carries vision inputs (the student's, or the teacher prompt's own).
 MULTIMODAL_KEYS = (*FORWARD_FIELDS, "image_position_ids", *(TEACHER_PREFIX + k for k in FORWARD_FIELDS))
