@@ -71,7 +71,7 @@ def test_warm_start_examples_train_only_the_agents_turns_in_the_trainers_layout(
 
 
 def test_run_config_takes_tools_and_an_environment_by_path(tool_model_dir, tmp_path):
-    from rlsd.config import load_run_config
+    from rlsd.app.run_config import load_run_config
     from rlsd.app.run import RunError, build_trainer
 
     (tmp_path / "my_tools.py").write_text(
@@ -172,7 +172,7 @@ def test_agent_evaluation_plays_greedy_episodes_with_the_tools(tool_model_dir, c
 def test_shipped_agent_config_and_examples_build_a_trainer(tool_model_dir, tmp_path):
     from pathlib import Path
 
-    from rlsd.config import load_run_config
+    from rlsd.app.run_config import load_run_config
     from rlsd.app.run import build_trainer
 
     root = Path(__file__).resolve().parents[1]

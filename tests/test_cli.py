@@ -8,7 +8,7 @@ import yaml
 from transformers import TrainerCallback
 
 from rlsd.app.cli import main
-from rlsd.config import load_run_config
+from rlsd.app.run_config import load_run_config
 from rlsd.app.run import train
 
 

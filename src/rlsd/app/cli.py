@@ -16,7 +16,6 @@ import sys
 
 from ..agents.glue import load_tools
 from ..algorithms import CONTRAST_SUFFIX, algorithm_variant, display_name
-from ..config import load_run_config
 from ..data import load_dataset
 from ..rewards import get_reward
 from ..tasks import get_task
@@ -27,6 +26,7 @@ from .inspect import inspect
 from .quickstart import run_quickstart
 from .report import report
 from .run import RunError, RunInterrupted, check_model_path, train
+from .run_config import load_run_config
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -136,7 +136,7 @@ def build_agent(run: dict) -> tuple[list, Any]:
 
 
 def build_trainer(run: dict, *, output_dir: str | os.PathLike | None = None, extra_callbacks=()) -> PreparedRun:
-    """Everything `RLSDTrainer` needs, from a run dict (`config.load_run_config`)."""
+    """Everything `RLSDTrainer` needs, from a run dict (`run_config.load_run_config`)."""
     training = dict(run["training"])
     out = check_output_dir(output_dir or training.get("output_dir") or "runs/rlsd")
     training["output_dir"] = str(out)
