@@ -1,5 +1,6 @@
-"""The package's import structure: no import cycles among `rlsd` modules, and no import of an `rlsd` module
-inside a function unless it is listed below with its reason.
+"""The package's import structure: no import cycles among `rlsd` modules, no import of an `rlsd` module inside
+a function unless it is listed below with its reason, imports point down the layers only, and the documented
+import paths and the `rlsd` command resolve.
 
 The graph is built from the source files with `ast` (nothing is imported), so it sees every import, the ones
 inside functions included: an import moved into a function to hide a cycle still counts as an edge.
@@ -15,19 +16,21 @@ PACKAGE = "rlsd"
 
 # (importing module, imported module) -> why the import sits inside a function. Hiding a cycle is no reason;
 # an optional heavy dependency reached through an rlsd module would be one.
-FUNCTION_IMPORTS: dict[tuple[str, str], str] = {
-    ("rlsd.algorithms", "rlsd.algorithms.grpo_opsd"): "pending: the algorithm registry (issue 21 items 1-4) "
-                                                      "replaces this name switch",
-    ("rlsd.algorithms", "rlsd.algorithms.sdpo"): "pending: the algorithm registry replaces this name switch",
-    ("rlsd.algorithms.contrast", "rlsd.algorithms.sdpo"): "pending: the algorithm registry ends the "
-                                                          "contrast <-> sdpo cycle",
-}
+FUNCTION_IMPORTS: dict[tuple[str, str], str] = {}
 
-# Cycles still to be removed, each as the set of modules it runs through, with the reason it is still here.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"rlsd.algorithms.contrast", "rlsd.algorithms.sdpo"}): "pending: the algorithm registry "
-                                                                     "(issue 21 items 1-4) removes it",
-}
+# Arrows point down only (DESIGN.md "Shape of the package"): app -> trainer -> algorithms -> teacher/credit ->
+# (data, rewards). A module may import its own layer or a lower one; the cycle test keeps each layer acyclic.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom first
+    ("data, rewards, run-directory utilities", ("rlsd.data", "rlsd.rewards", "rlsd.runlog", "rlsd.pretrained")),
+    # One layer: the teacher pass logs per-kind agent metrics and records credit; tasks read prompts with
+    # teacher.prompts; agent rollouts parse answers with tasks.base.
+    ("teacher, credit, agents, tasks", ("rlsd.teacher", "rlsd.credit", "rlsd.agents", "rlsd.tasks")),
+    ("algorithms", ("rlsd.algorithms",)),
+    # checkpoints and trackers serve the trainer (crash-safe saves, metric names), so they sit beside it
+    ("trainer", ("rlsd.trainer", "rlsd.config", "rlsd.checkpoints", "rlsd.trackers")),
+    ("the public face (rlsd/__init__.py)", ("rlsd",)),
+    ("application", ("rlsd.app", "rlsd.__main__")),
+]
 
 
 def _modules(src: Path) -> dict[str, Path]:
@@ -149,7 +152,7 @@ def test_cycle_finder_finds_a_cycle_hidden_in_a_function(tmp_path):
 
 
 def test_no_import_cycles():
-    found = [c for c in cycles(import_graph()[0]) if frozenset(c) not in KNOWN_CYCLES]
+    found = cycles(import_graph()[0])
     assert not found, ("import cycles among rlsd modules (move what both sides need into a lower module):\n"
                        + "\n".join(" <-> ".join(c) for c in found))
 
@@ -159,3 +162,66 @@ def test_no_function_level_imports_of_rlsd_modules():
     unexplained = [f"{m}:{line} imports {t}" for m, line, t in local if (m, t) not in FUNCTION_IMPORTS]
     assert not unexplained, ("imports of rlsd modules inside functions (import at the top of the module; an "
                              "exception goes in FUNCTION_IMPORTS with its reason):\n" + "\n".join(unexplained))
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the longest prefix naming `module` or a package above it (the root only names itself)."""
+    best, rank = -1, None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            below = module.startswith(prefix + ".") and prefix != PACKAGE
+            if (module == prefix or below) and len(prefix) > best:
+                best, rank = len(prefix), i
+    if rank is None:
+        raise KeyError(f"{module} is in no layer of tests/test_layout.py LAYERS: place it")
+    return rank
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    return [f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+            for a, targets in sorted(edges.items()) for b in sorted(targets) if layer_of(b) > layer_of(a)]
+
+
+def test_arrows_point_down():
+    edges, _ = import_graph()
+    for module in edges:
+        layer_of(module)  # every module has a layer (a new top-level module must be placed)
+    upward = upward_imports(edges)
+    assert not upward, "imports that point up the layers:\n" + "\n".join(upward)
+
+
+def test_an_upward_import_is_found():
+    edges = {"rlsd.teacher.prompts": {"rlsd.data"}, "rlsd.credit.maths": {"rlsd.app.report"}, "rlsd": {"rlsd.app"}}
+    assert upward_imports(edges) == [
+        "rlsd (the public face (rlsd/__init__.py)) imports rlsd.app (application)",
+        "rlsd.credit.maths (teacher, credit, agents, tasks) imports rlsd.app.report (application)"]
+
+
+def test_console_script_and_python_m_run_the_same_main():
+    """pyproject's `rlsd` entry point names a real function, and `python -m rlsd` imports that one."""
+    import importlib
+    import re
+
+    text = (SRC.parent / "pyproject.toml").read_text(encoding="utf-8")
+    target = re.search(r'^rlsd\s*=\s*"([\w.]+):(\w+)"', text, re.M)
+    assert target, "pyproject.toml [project.scripts] has no `rlsd = \"module:function\"`"
+    assert callable(getattr(importlib.import_module(target.group(1)), target.group(2)))
+    main_module = ast.parse((SRC / PACKAGE / "__main__.py").read_text(encoding="utf-8"))
+    imported = {(f"{PACKAGE}.{n.module}" if n.level else n.module, a.name)
+                for n in ast.walk(main_module) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert (target.group(1), target.group(2)) in imported, imported
+
+
+def test_documented_import_paths():
+    """The paths README, docs and users' code name keep working after the move into subpackages."""
+    import importlib
+
+    from rlsd import RLSDConfig, RLSDTrainer, register_algorithm  # noqa: F401
+
+    for module, names in {"rlsd.rewards": ["get_reward", "get_rewards", "load_reward"], "rlsd.data": ["load_dataset"],
+                          "rlsd.tasks": ["get_task", "TASKS"], "rlsd.teacher": ["with_reference", "teacher_prompt"],
+                          "rlsd.credit": ["rlsd_token_advantages", "group_advantages"],
+                          "rlsd.app.evaluate": ["evaluate"], "rlsd.app.quickstart": ["run_quickstart"],
+                          "rlsd.app.warmstart": ["warm_start"], "rlsd.app.run_config": ["load_run_config"]}.items():
+        loaded = importlib.import_module(module)
+        assert all(hasattr(loaded, name) for name in names), (module, [n for n in names if not hasattr(loaded, n)])
