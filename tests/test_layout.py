@@ -225,3 +225,14 @@ def test_documented_import_paths():
                           "rlsd.app.warmstart": ["warm_start"], "rlsd.app.run_config": ["load_run_config"]}.items():
         loaded = importlib.import_module(module)
         assert all(hasattr(loaded, name) for name in names), (module, [n for n in names if not hasattr(loaded, n)])
+
+
+def test_package_faces_re_export_their_main_module():
+    """`rlsd.credit.<fn>` and `rlsd.teacher.<fn>` (the paths from before the packages) name every public function."""
+    import importlib
+
+    for package, module in {"rlsd.credit": "rlsd.credit.maths", "rlsd.teacher": "rlsd.teacher.prompts"}.items():
+        tree = ast.parse(_modules(SRC)[module].read_text(encoding="utf-8"))
+        public = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
+        missing = sorted(public - set(importlib.import_module(package).__all__))
+        assert not missing, f"{package}/__init__.py: also re-export {', '.join(missing)} from {module}"

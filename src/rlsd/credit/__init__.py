@@ -10,8 +10,10 @@
 
 from .maths import (ADVANTAGE_EPS, MAX_LOG_WEIGHT, blended_token_advantages, contrastive_rlsd_token_advantages,
                     contrastive_target_logits, distillation_divergence, group_advantages, linear_decay_lambda,
-                    masked_mean, rlsd_token_advantages, sampled_token_advantages)
+                    masked_mean, rlcsd_token_advantages, rlsd_token_advantages, sampled_token_advantages,
+                    scheduled_lambda, thought_span_mask)
 
 __all__ = ["ADVANTAGE_EPS", "MAX_LOG_WEIGHT", "blended_token_advantages", "contrastive_rlsd_token_advantages",
            "contrastive_target_logits", "distillation_divergence", "group_advantages", "linear_decay_lambda",
-           "masked_mean", "rlsd_token_advantages", "sampled_token_advantages"]
+           "masked_mean", "rlcsd_token_advantages", "rlsd_token_advantages", "sampled_token_advantages",
+           "scheduled_lambda", "thought_span_mask"]
