@@ -27,7 +27,7 @@ from trl.trainer.utils import pad
 
 from ..agents import glue as agents
 from ..credit import records as credit_records
-from . import images as multimodal, prompts as teacher, shared_prefix as teacher_pass
+from . import images as multimodal, prompts as teacher, shared_prefix
 
 TEACHER_KEY = "teacher"  # batch keys of the main teacher prompt: teacher_prompt_ids, teacher_mm_token_type_ids, ...
 
@@ -194,8 +194,8 @@ class TeacherPass:
 
         `rows` (B,) bool/0-1 picks the rows to score (others stay 0): the caller knows their scores cannot matter.
         Sharded engines score every row (same forward calls on every rank). With `teacher_share_prefix`, each
-        distinct prompt is read once and its KV cache reused (`teacher_pass.shared_prefix_logps`) wherever
-        `teacher_pass.share_prefix_blocker` names no reason; else one plain forward per row.
+        distinct prompt is read once and its KV cache reused (`shared_prefix.shared_prefix_logps`) wherever
+        `shared_prefix.share_prefix_blocker` names no reason; else one plain forward per row.
         `key` names the prompt's stored per-token multimodal fields (`encode`).
         """
         trainer = self._trainer
@@ -217,7 +217,7 @@ class TeacherPass:
         with disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs), \
                 trainer.teacher.activate() as teacher_module:
             if self.shares_prefix(teacher_module, output):
-                scored = teacher_pass.shared_prefix_logps(
+                scored = shared_prefix.shared_prefix_logps(
                     teacher_module, prompt_ids[index], prompt_mask[index], completion_ids[index],
                     completion_mask[index], batch_size=batch_size, autocast=trainer.accelerator.autocast)
             else:
@@ -230,7 +230,7 @@ class TeacherPass:
     def shares_prefix(self, teacher_module, output: Mapping[str, Any]) -> bool:
         if not self.args.teacher_share_prefix:
             return False
-        return teacher_pass.share_prefix_blocker(teacher_module, output, sharded=self.sharded) is None
+        return shared_prefix.share_prefix_blocker(teacher_module, output, sharded=self.sharded) is None
 
     @contextlib.contextmanager
     def module(self) -> Iterator[torch.nn.Module]:
@@ -244,7 +244,7 @@ class TeacherPass:
         trainer = self._trainer
         prompt_ids, prompt_mask = inputs[f"{key}_prompt_ids"], inputs[f"{key}_prompt_mask"]
         if self.shares_prefix(teacher_module, inputs):
-            return teacher_pass.shared_prefix_logits(
+            return shared_prefix.shared_prefix_logits(
                 teacher_module, prompt_ids, prompt_mask, inputs["completion_ids"], inputs["completion_mask"],
                 autocast=trainer.accelerator.autocast) / trainer.temperature
         fields = multimodal.model_kwargs(multimodal.teacher_forward_fields(inputs, prefix=f"{key}_"))
