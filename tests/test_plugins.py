@@ -99,8 +99,11 @@ def test_the_example_trains_through_rlsd_train_and_inspect(tiny_model_dir, tmp_p
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("negative_only/wrong_rows_frac" in r for r in records)
     assert json.loads((out / "run_config.json").read_text())["algorithm"] == "negative_only_rlsd"
-    if (out / "credit.jsonl").exists():  # recorded when a sampled group had signal
-        assert main(["inspect", str(out), "--out", str(tmp_path / "page.html")]) == 0
+    credit = [json.loads(line) for line in (out / "credit.jsonl").read_text().splitlines()]
+    assert credit and {r["algorithm"] for r in credit} == {"negative_only_rlsd"}
+    assert all("token_advantage" in c["signals"] for r in credit for c in r["completions"] if c["signals"])
+    page = tmp_path / "page.html"
+    assert main(["inspect", str(out), "--out", str(page)]) == 0 and "token_advantage" in page.read_text()
 
 
 def test_the_example_runs_beside_built_ins_in_rlsd_compare(tiny_model_dir, tmp_path):

@@ -134,7 +134,7 @@ class CreditRecorder(TrainerCallback):
                     "advantage": float(advantages[i]),
                     "signals": {},
                 }
-        self._meta = {"step": trainer.state.global_step + 1, "algorithm": trainer.args.algorithm}
+        self._meta = {"step": trainer.state.global_step + 1, "algorithm": trainer.algorithm.name or trainer.args.algorithm}
         device = output["completion_ids"].device
         output[ROW_KEY] = torch.arange(size, device=device) if self._rows else None
 
