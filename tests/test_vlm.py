@@ -9,7 +9,8 @@ from datasets import Dataset
 from PIL import Image
 from transformers import TrainerCallback
 
-from rlsd import RLSDTrainer
+from rlsd import RLSDTrainer, register_algorithm
+from rlsd.algorithms import RLSD
 from rlsd.teacher import prompts as teacher
 from rlsd.tasks.tiny_vlm import build_tiny_qwen2_vl, save_tiny_llava
 
@@ -263,9 +264,14 @@ def test_lora_on_the_language_model_only_freezes_the_vision_tower(tiny_llava_dir
 
 
 def test_algorithms_without_image_support_are_refused_up_front(tiny_llava_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"RLSDConfig\.algorithm='rlcsd' does not support image rows yet "
+    class TextOnly(RLSD):  # a plug-in that declares it cannot read images
+        name = "text_only_rlsd"
+        supports_images = False
+
+    register_algorithm(TextOnly, replace=True)
+    with pytest.raises(ValueError, match=r"RLSDConfig\.algorithm='text_only_rlsd' does not support image rows yet "
                                          r"\(train_dataset has an image column\)"):
-        make_trainer("llava", tiny_llava_dir, tmp_path, algorithm="rlcsd")
+        make_trainer("llava", tiny_llava_dir, tmp_path, algorithm="text_only_rlsd")
 
 
 def test_rlsd_eval_on_a_tiny_vlm_over_an_image_jsonl(tiny_llava_dir, tmp_path, capsys):

@@ -88,3 +88,25 @@ def test_teacher_prompt_helpers_keep_image_blocks():
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is 1+1?"}]}]
     shown = teacher.teacher_prompt(prompt, {"demonstration": "2"}, "{prompt}{demonstration}")
     assert shown[0]["content"][0] == {"type": "image"} and shown[0]["content"][-1]["text"] == "2"
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_rlcsd_trains_with_images_under_peer_hints(family, tiny_llava_dir, tmp_path, monkeypatch):
+    from rlsd.algorithms import rlcsd
+
+    monkeypatch.setattr(rlcsd, "extract_final_answer", lambda text, **kw: text[:2] or "?")  # every rollout answers
+    trainer = make_trainer(family, tiny_llava_dir, tmp_path, reward=positional_reward, algorithm="rlcsd",
+                           max_steps=2, per_device_train_batch_size=8, rlcsd_k_max=2)
+    rows = generation_batch(trainer)
+    torch.manual_seed(0)
+    trainer.model.train()
+    with torch.no_grad():
+        batch = trainer._generate_and_score_completions(rows)
+    assert batch["rlcsd_rows"].tolist() == [1.0] * 8 and batch["rlcsd_wrong_valid"].any(1).all()
+    image_token = trainer.model.config.image_token_id
+    if family == "qwen2_vl":  # each hint prompt's M-RoPE field marks its own image tokens
+        assert batch["teacher_wrong_mm_token_type_ids"].bool().sum(1).gt(0).all()
+    assert (batch["prompt_ids"] == image_token).sum(1).min() > 0
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all(e["rlcsd/valid_row_frac"] == 1.0 for e in logs)

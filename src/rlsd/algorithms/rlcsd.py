@@ -11,7 +11,8 @@ The same teacher scores the target under the right hint (q_right) and under each
 `credit.rlcsd_token_advantages` turns the contrast with the wrong hints' mixture into a bounded residual added to
 GRPO's A on the tokens where it is large enough, never flipping A's sign. It *adds to* GRPO's term (GRPO's A
 everywhere else). A rollout whose group has no usable right or wrong hint is dropped from the update (A_t = 0),
-as the authors drop it from the batch. Defaults are the authors' published configs (math and Knights-and-Knaves:
+as the authors drop it from the batch. Image rows: every hint prompt keeps the target row's own images (only the
+text differs). Defaults are the authors' published configs (math and Knights-and-Knaves:
 tau 0.02, beta 1, lambda 0.5, delta 0.02, eta 1, residual clip [-2, 2], K <= 4, a snapshot teacher refreshed
 every 10 steps).
 
@@ -87,7 +88,6 @@ def draw_hints(rewards: Sequence[float], answers: Sequence[str | None], group_si
 class RLCSD(Algorithm):
     name = "rlcsd"
     default_teacher_mode = "snapshot"  # the authors' teacher_mode: snapshot, teacher_sync_interval 10
-    supports_images = False  # not yet tested with image rows
 
     @classmethod
     def check_config(cls, args) -> None:
