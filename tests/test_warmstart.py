@@ -137,3 +137,26 @@ def test_a_moved_warm_start_loads_from_where_it_is_and_keeps_new_facts(tmp_path)
     save_result(moved)
     assert load_result(tmp_path / "moved").accuracy_with_reference == 0.75
     assert load_result(tmp_path / "a").accuracy_with_reference is None
+
+
+def test_sft_never_truncates_a_worked_solution():
+    """Chain rows with the reference in the prompt run past the short-task cap of 256 tokens: the cap rises to the
+    longest example (TRL would cut the solution off a longer one); short tasks keep 256."""
+    from rlsd.app.warmstart import sft_max_length
+    from rlsd.evaluate import render_prompt
+    from rlsd.tasks import get_task
+    from rlsd.tasks.tiny import build_char_tokenizer
+    from rlsd.teacher import with_reference
+
+    tokenizer = build_char_tokenizer()
+
+    def examples(task):
+        rows = get_task(task).make_rows(200, 0)
+        rows += with_reference(rows[:100], ("answer", "solution"))
+        return [{"prompt": render_prompt(r["prompt"], tokenizer), "completion": r["solution"] + tokenizer.eos_token}
+                for r in rows]
+
+    chain = examples("chain")
+    longest = max(len(tokenizer(e["prompt"] + e["completion"], add_special_tokens=False)["input_ids"]) for e in chain)
+    assert longest > 256 and sft_max_length(chain, tokenizer, max_new_tokens=96) == longest
+    assert sft_max_length(examples("arithmetic"), tokenizer, max_new_tokens=96) == 256
