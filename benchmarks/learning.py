@@ -401,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     details.write_text(json.dumps(summaries, indent=1, default=str))
     if args.warm_start_dir:  # the fixed shape: task -> algorithm -> n_seeds, warm_starts, final_mean, ...
         (out / "summary.json").write_text(json.dumps(fixed_shape, indent=1) + "\n")
-    plot(panels, out / "learning.png")
+    if any(panels.values()):
+        plot(panels, out / "learning.png")
     if any(s.get("training_traces") for s in summaries.values()):
         plot_traces(summaries, out / "teacher.png")
     elapsed = time.perf_counter() - started
