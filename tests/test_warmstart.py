@@ -143,7 +143,7 @@ def test_sft_never_truncates_a_worked_solution():
     """Chain rows with the reference in the prompt run past the short-task cap of 256 tokens: the cap rises to the
     longest example (TRL would cut the solution off a longer one); short tasks keep 256."""
     from rlsd.app.warmstart import sft_max_length
-    from rlsd.evaluate import render_prompt
+    from rlsd.app.evaluate import render_prompt
     from rlsd.tasks import get_task
     from rlsd.tasks.tiny import build_char_tokenizer
     from rlsd.teacher import with_reference
