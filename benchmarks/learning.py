@@ -57,7 +57,7 @@ ABLATIONS = {
 # thread per run, runs in parallel, each finished run's result a small committed JSON (results/), so the design
 # completes over several sessions (`learning_jobs.py` runs only what is missing).
 FULL = {
-    "plan": {"chain": "grpo,rlsd,rlsd+contrast,opsd@0,sdpo@0,grpo+opsd@0", "arithmetic": "grpo,rlsd"},
+    "plan": {"chain": "grpo,rlsd,rlsd+contrast,opsd@0,sdpo@0,grpo+opsd@0,rlcsd@0", "arithmetic": "grpo,rlsd"},
     "seeds": "0,1,2,3,4", "warm_starts": "0,1", "eval_size": 500, "privileged_fraction": 0.5, "steps": 100,
     "out": "benchmarks/results/learning-full", "warm_start_dir": "benchmarks/warmstarts",
 }

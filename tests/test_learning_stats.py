@@ -52,7 +52,7 @@ def test_full_design_is_one_command_and_variants_resolve():
     import learning
 
     args = learning.parse_args(["--full"])
-    assert args.plan == {"chain": "grpo,rlsd,rlsd+contrast,opsd@0,sdpo@0,grpo+opsd@0", "arithmetic": "grpo,rlsd"}
+    assert args.plan == {"chain": "grpo,rlsd,rlsd+contrast,opsd@0,sdpo@0,grpo+opsd@0,rlcsd@0", "arithmetic": "grpo,rlsd"}
     assert (args.seeds, args.warm_starts, args.eval_size, args.privileged_fraction) == ("0,1,2,3,4", "0,1", 500, 0.5)
     assert args.student_eval_every == 25 and args.out == "benchmarks/results/learning-full"
     assert args.warm_start_dir == "benchmarks/warmstarts", "the committed warm starts, the same on every machine"
@@ -61,7 +61,7 @@ def test_full_design_is_one_command_and_variants_resolve():
     assert variants["sdpo"] == ("sdpo", {"distill_divergence": "sampled_token"}), "SDPO as TRL runs it"
     assert variants["grpo+opsd"] == ("grpo+opsd", {})
     assert learning.warm_start_subsets(args.plan["chain"]) == {
-        "grpo": None, "rlsd": None, "rlsd+contrast": None, "opsd": {0}, "sdpo": {0}, "grpo+opsd": {0}}
+        "grpo": None, "rlsd": None, "rlsd+contrast": None, "opsd": {0}, "sdpo": {0}, "grpo+opsd": {0}, "rlcsd": {0}}
     assert learning.parse_args(["--full", "--tasks", "chain"]).plan == {"chain": args.plan["chain"]}
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
         learning.variants_from("grpo,ppo", ablation=False)
@@ -93,7 +93,7 @@ def test_parallel_jobs_run_the_design_grid_and_only_what_has_no_result(tmp_path,
     done.write_text("{}")
     assert learning_jobs.main(["--jobs", "2", "--", "--full", "--out", str(out)]) == 0
     names = {name for name, _, _ in started}
-    assert len(names) == len(started) == 3 * 5 * 2 + 3 * 5 + 2 * 5 * 2 - 1  # the design, less the finished run
+    assert len(names) == len(started) == 3 * 5 * 2 + 4 * 5 + 2 * 5 * 2 - 1  # the design, less the finished run
     assert "chain-sft1-rlsd+contrast-seed4" not in names and "chain-sft0-opsd-seed3" in names
     assert not any("-sft1-opsd-" in n or "-sft1-sdpo-" in n or "-sft1-grpo+opsd-" in n for n in names)
     name, argv, result = next(item for item in started if item[0] == "chain-sft1-rlsd-seed2")
