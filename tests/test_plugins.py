@@ -27,7 +27,7 @@ def config_error(algorithm: str) -> str:
 
 def test_bad_specs_are_one_line_errors_naming_the_spec(tmp_path):
     assert config_error("no/such/file.py:Method") == "RLSDConfig.algorithm: algorithm 'no/such/file.py:Method': " \
-                                                     "no such file 'no/such/file.py'"
+                                                     "file 'no/such/file.py' does not exist"
     assert "has no 'Missing'" in config_error(f"{EXAMPLE}:Missing")
     assert "cannot import module 'no_such_module_xyz'" in config_error("no_such_module_xyz:Method")
 

@@ -13,13 +13,10 @@ Every error is one line naming the spec and what is wrong.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import os
-import sys
 from typing import Any
 
+from ..rewards.importing import load_user_module
 from .base import Algorithm, config_error
 from .contrast import TEACHER_CONTRASTS
 
@@ -96,26 +93,7 @@ def _import_class(spec: str) -> type[Algorithm]:
     source, _, attr = spec.rpartition(":")
     if not source or not attr:
         raise ValueError(f"{where}: expected 'path/to/file.py:ClassName' or 'module:ClassName'")
-    if source.endswith(".py") or os.sep in source or "/" in source:
-        path = os.path.abspath(os.path.expanduser(source))
-        if not os.path.isfile(path):
-            raise ValueError(f"{where}: no such file {source!r}")
-        module_name = "rlsd_user_algorithm_" + "".join(c if c.isalnum() else "_" for c in path)
-        module = sys.modules.get(module_name)
-        if module is None:
-            loader_spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[module_name] = module  # dataclasses and pickling look their module up here
-            try:
-                loader_spec.loader.exec_module(module)
-            except Exception as err:
-                del sys.modules[module_name]
-                raise ValueError(f"{where}: importing {source} failed: {type(err).__name__}: {err}") from None
-    else:
-        try:
-            module = importlib.import_module(source)
-        except ImportError as err:
-            raise ValueError(f"{where}: cannot import module {source!r}: {err}") from None
+    module = load_user_module(source, where, ValueError)
     cls = getattr(module, attr, None)
     if cls is None:
         raise ValueError(f"{where}: {source} has no {attr!r}")
