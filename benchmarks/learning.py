@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         for sft_seed in sft_seeds:
             ws_name = f"sft{sft_seed}"
             student, with_reference = student_for(task, sft_seed, args, out, band, reproducible)
-            if student is None:
+            if student is None:  # its runs still count as planned
+                planned += len(seeds) * sum(subsets.get(n) is None or sft_seed in subsets[n] for n in variants)
                 print(f"[{task}/{ws_name}] no finished warm start: skipped", flush=True)
                 continue
             warm_starts.append({"name": ws_name, "accuracy": student.accuracy, "in_band": student.in_band,
