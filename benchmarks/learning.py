@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_stats import mean_curve, paired_differences, summarize, task_markdown  # noqa: E402
 
 from rlsd.config import algorithm_variant  # noqa: E402
+from rlsd.app.plotting import pyplot  # noqa: E402
 from rlsd.app.quickstart import quickstart_run, self_teacher_accuracy  # noqa: E402
 from rlsd.app.report import load_metrics, series  # noqa: E402
 from rlsd.app.run import train  # noqa: E402
@@ -158,11 +159,7 @@ def warm_start_subsets(names: str) -> dict[str, set[int] | None]:
 
 def plot(panels: dict[str, dict[str, list]], out_png: Path) -> None:
     """One panel per (task, warm start): mean curve and min-max band over seeds for each variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels.items()):
         for name, seeds in curves.items():
@@ -173,12 +170,19 @@ def plot(panels: dict[str, dict[str, list]], out_png: Path) -> None:
             ax.plot(steps, mean, label=f"{name} ({len(seeds)} seeds)")
             ax.fill_between(steps, low, high, alpha=0.15)
         ax.set_title(f"{title}: held-out accuracy (mean, min-max)", fontsize=9)
-        ax.set_xlabel("RL step")
         ax.set_ylabel("greedy accuracy")
+    save_figure(plt, fig, axes, out_png, dpi=110)
+
+
+def save_figure(plt, fig, axes, out_png: Path, dpi: int) -> None:
+    """Every panel over RL steps, gridded, with its legend; written to `out_png` and closed."""
+    for ax in axes.flat:
+        ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=dpi)
     plt.close(fig)
 
 
@@ -426,11 +430,7 @@ def mean_trace(traces: list[list]) -> list[tuple[float, float]]:
 
 def plot_traces(summaries: dict, out_png: Path) -> None:
     """What the teacher did over training: RLSD's delta mean and clip fractions per variant (mean over runs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     metrics = TRACE_METRICS[:3]
     fig, axes = plt.subplots(len(summaries), len(metrics), figsize=(5 * len(metrics), 3.2 * len(summaries)),
                              squeeze=False)
@@ -441,12 +441,7 @@ def plot_traces(summaries: dict, out_png: Path) -> None:
                     steps, values = zip(*by_metric[metric])
                     ax.plot(steps, values, label=name)
             ax.set_title(f"{task}: {metric}", fontsize=9)
-            ax.set_xlabel("RL step")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    save_figure(plt, fig, axes, out_png, dpi=100)
 
 
 if __name__ == "__main__":
