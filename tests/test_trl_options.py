@@ -14,6 +14,7 @@ from conftest import digit_reward, make_dataset, tiny_config
 from transformers import TrainerCallback
 
 from rlsd import RLSDConfig, RLSDTrainer
+from trainer_helpers import loss_and_grads  # noqa: E402
 
 SMALL = dict(max_completion_length=8, max_steps=2)
 TEACHER_ALGORITHMS = ["opsd", "grpo+opsd", "sdpo"]  # beside grpo and rlsd; opd has its own cases below
@@ -52,15 +53,6 @@ def train_logs(trainer):
     assert trainer.state.global_step == 2 and len(logs) == 2
     assert all(math.isfinite(entry["loss"]) for entry in logs), logs
     return logs
-
-
-def loss_and_grads(trainer, batch):
-    trainer.model.train()
-    trainer.model.zero_grad()
-    trainer.current_gradient_accumulation_steps = 1
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
 
 
 def one_batch(trainer, generations):

@@ -13,6 +13,7 @@ from rlsd import RLSDTrainer, register_algorithm
 from rlsd.algorithms import RLSD
 from rlsd.teacher import prompts as teacher
 from rlsd.tasks.tiny_vlm import build_tiny_qwen2_vl, save_tiny_llava
+from trainer_helpers import loss_and_grads  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -50,15 +51,6 @@ def generation_batch(trainer):
     dataset = trainer.train_dataset
     rows = [dict(dataset[i]) for i in range(trainer.args.per_device_train_batch_size // trainer.num_generations)]
     return [row for row in rows for _ in range(trainer.num_generations)]
-
-
-def loss_and_grads(trainer, batch):
-    trainer.model.train()
-    trainer.model.zero_grad()
-    trainer.current_gradient_accumulation_steps = 1
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
 
 
 def test_tiny_llava_is_a_real_hf_vlm_directory(tiny_llava_dir):
