@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="git-commit each finished run's result file as it finishes (needs --warm-start-dir or "
                              "--full, whose results are files under OUT/results/)")
     parser.add_argument("--nice", type=int, default=0, help="run the jobs at this niceness (leave the cores to you)")
+    parser.add_argument("--first", default="",
+                        help="variants to run before the others, every seed (e.g. grpo,rlsd: the paired comparison "
+                             "gets all its seeds before the other methods get any)")
     parser.add_argument("--deadline-s", type=float, default=float("inf"),
                         help="stop launching and stop running jobs after this many seconds, then summarise")
     ours = parser.parse_args(argv[:split])
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 for variant, only in (learning.split_variant(n) for n in names.split(",") if n.strip()):
                     if only is None or int(ws) in only:
                         grid.append((task, variant, seed, ws))
+    first_variants = [v for v in ours.first.split(",") if v]
+    grid.sort(key=lambda job: job[1] not in first_variants)  # stable: seed-major order within each group
     for task, variant, seed, ws in grid:
         if learning.variants_from(variant, False)[variant][0] == "opd":
             parser.error("opd builds one shared teacher per task: run it with learning.py, not in parallel")

@@ -103,6 +103,28 @@ def test_parallel_jobs_run_the_design_grid_and_only_what_has_no_result(tmp_path,
     assert result == learning.result_path(out, "chain", "sft1", "rlsd", 2)
 
 
+def test_first_variants_get_every_seed_before_the_others(tmp_path, monkeypatch):
+    """--first grpo,rlsd runs the paired comparison over all seeds and warm starts before any other method, so a
+    session that stops early leaves whole seeds of the headline question rather than one seed of every method."""
+    import learning_jobs
+
+    started = []
+    monkeypatch.setattr(learning_jobs, "Pool", type("RecordingPool", (), {
+        "__init__": lambda self, *a, **k: None, "wait": lambda self: None,
+        "start": lambda self, name, argv, result=None: started.append(name)}))
+    monkeypatch.setattr(learning_jobs.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 0})())
+    argv = ["--first", "grpo,rlsd", "--", "--full", "--out", str(tmp_path / "full"),
+            "--warm-start-dir", str(tmp_path / "warmstarts")]
+    assert learning_jobs.main(argv) == 0
+    # phase 1: one builder per missing warm start (chain 0/1, arithmetic 0/1: all missing here), then the rest
+    variants = [name.split("-")[2] for name in started[4:]]
+    assert len(started) == 3 * 5 * 2 + 4 * 5 + 2 * 5 * 2
+    assert {name.split("-")[2] for name in started[:4]} <= {"grpo", "rlsd"}
+    paired = 2 * 5 * 2 + 2 * 5 * 2 - 4  # grpo and rlsd on both tasks, less the 4 started as warm-start builders
+    assert set(variants[:paired]) == {"grpo", "rlsd"} and "rlsd" not in variants[paired:]
+    assert "grpo" not in variants[paired:] and variants[paired:].count("rlsd+contrast") == 10
+
+
 def test_a_finished_run_is_its_result_file(tmp_path, monkeypatch):
     """run_once trains only when the run has no result; the result file alone (no run directory: another machine,
     an earlier session) is enough to count the run and summarise it."""
