@@ -4,10 +4,10 @@
         --tasks chain --algorithms grpo,rlsd --warm-starts 0,1 --seeds 0,1,2 --eval-size 500 \
         --privileged-fraction 0.5 --out benchmarks/results/learning-chain
 
-Everything after `--` is `learning.py`'s own arguments (`--full` included). Phase 1 builds each (task, warm start)
-in its own process; phase 2 runs every (task, warm start, variant, seed) as its own `learning.py` process, `--jobs`
-at a time, each with one CPU thread (on a GPU they share the device). At `--deadline-s` the running jobs are
-stopped (their runs count as unfinished and are rerun next time; finished runs are reused), and
+Everything after `--` is `learning.py`'s own arguments (`--full` included). Every (task, warm start, variant,
+seed) is its own `learning.py` process, `--jobs` at a time, each with one CPU thread (on a GPU they share the device);
+a missing warm start is built by the first run that needs it, the runs that need it wait for that one, and every
+other run starts beside it. At `--deadline-s` the running jobs are stopped (their runs count as unfinished and are rerun next time; finished runs are reused), and
 `learning.py --only-finished` writes the summary (`table.md`, `summary.json`, `learning.png`) of the finished
 runs alone, saying how many seeds each variant has. Job logs go to `OUT/logs/`.
 """
@@ -87,6 +87,9 @@ class Pool:
         self.running.append((name, proc, log, result))
         print(f"[jobs] started {name} ({len(self.running)} running)", flush=True)
 
+    def is_running(self, name: str) -> bool:
+        return any(running == name and proc.poll() is None for running, proc, _, _ in self.running)
+
     def reap(self) -> None:
         if time.monotonic() > self.deadline:
             raise TimeoutError
@@ -155,18 +158,35 @@ def main(argv: list[str] | None = None) -> int:
     todo = [job for job in grid if not (args.warm_start_dir and result_file(args, *job).is_file())]
     print(f"[jobs] {len(grid) - len(todo)} of {len(grid)} runs already have a result; {len(todo)} to run", flush=True)
     try:
-        first = {}  # phase 1: the first run of each (task, warm start) without a finished warm start builds it
+        # The first run of each (task, warm start) without a finished warm start builds it; the runs that need
+        # that warm start wait for their builder, every other run starts at once (no core idles during a build).
+        builders = {}
         for job in todo:
             if not warm_start_exists(args, job[0], job[3]):
-                first.setdefault((job[0], job[3]), job)
-        for task, variant, seed, ws in first.values():
-            pool.start(job_name(task, variant, seed, ws), child_args(args, task, variant, seed, ws),
-                       result_file(args, task, variant, seed, ws))
-        pool.wait()
-        for job in todo:  # phase 2: everything else
-            if job not in first.values():
-                task, variant, seed, ws = job
-                pool.start(job_name(*job), child_args(args, task, variant, seed, ws), result_file(args, *job))
+                builders.setdefault((job[0], job[3]), job)
+
+        def ready(job) -> bool:
+            key = (job[0], job[3])
+            builder = builders.get(key)
+            if builder is None or builder == job:
+                return True
+            if pool.is_running(job_name(*builder)):
+                return False
+            if not args.warm_start_dir or warm_start_exists(args, *key):
+                return True
+            builders[key] = job  # the build failed: this run tries again, alone
+            return True
+
+        queue = [*builders.values(), *(job for job in todo if job not in builders.values())]
+        while queue:
+            job = next((job for job in queue if ready(job)), None)
+            if job is None:
+                pool.reap()
+                time.sleep(1.0)
+                continue
+            queue.remove(job)
+            task, variant, seed, ws = job
+            pool.start(job_name(*job), child_args(args, task, variant, seed, ws), result_file(args, *job))
         pool.wait()
     except TimeoutError:
         print(f"[jobs] deadline of {ours.deadline_s:.0f}s reached", flush=True)

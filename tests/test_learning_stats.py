@@ -85,6 +85,9 @@ def test_parallel_jobs_run_the_design_grid_and_only_what_has_no_result(tmp_path,
         def wait(self):
             pass
 
+        def is_running(self, name):
+            return False  # every warm-start builder has finished
+
     monkeypatch.setattr(learning_jobs, "Pool", RecordingPool)
     monkeypatch.setattr(learning_jobs.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 0})())
     out = tmp_path / "full"
@@ -110,7 +113,7 @@ def test_first_variants_get_every_seed_before_the_others(tmp_path, monkeypatch):
 
     started = []
     monkeypatch.setattr(learning_jobs, "Pool", type("RecordingPool", (), {
-        "__init__": lambda self, *a, **k: None, "wait": lambda self: None,
+        "__init__": lambda self, *a, **k: None, "wait": lambda self: None, "is_running": lambda self, name: False,
         "start": lambda self, name, argv, result=None: started.append(name)}))
     monkeypatch.setattr(learning_jobs.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 0})())
     argv = ["--first", "grpo,rlsd", "--", "--full", "--out", str(tmp_path / "full"),
@@ -123,6 +126,27 @@ def test_first_variants_get_every_seed_before_the_others(tmp_path, monkeypatch):
     paired = 2 * 5 * 2 + 2 * 5 * 2 - 4  # grpo and rlsd on both tasks, less the 4 started as warm-start builders
     assert set(variants[:paired]) == {"grpo", "rlsd"} and "rlsd" not in variants[paired:]
     assert "grpo" not in variants[paired:] and variants[paired:].count("rlsd+contrast") == 10
+
+
+def test_runs_wait_only_for_their_own_missing_warm_start(tmp_path, monkeypatch):
+    """A missing warm start is built by one run; the runs that need it wait for that run, the others start beside it
+    (a 25-minute build must not leave the second core idle)."""
+    import learning_jobs
+
+    started = []
+
+    def is_running(self, name):
+        return name == "arithmetic-sft1-grpo-seed0" and len(started) < 12  # the build ends after 11 other starts
+
+    monkeypatch.setattr(learning_jobs, "Pool", type("RecordingPool", (), {
+        "__init__": lambda self, *a, **k: None, "wait": lambda self: None, "reap": lambda self: None,
+        "is_running": is_running, "start": lambda self, name, argv, result=None: started.append(name)}))
+    monkeypatch.setattr(learning_jobs, "warm_start_exists", lambda args, task, ws: (task, ws) != ("arithmetic", "1"))
+    monkeypatch.setattr(learning_jobs.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 0})())
+    assert learning_jobs.main(["--first", "grpo,rlsd", "--", "--full", "--out", str(tmp_path / "full")]) == 0
+    assert started[0] == "arithmetic-sft1-grpo-seed0" and len(started) == 70
+    assert not any(name.startswith("arithmetic-sft1-") for name in started[1:12])
+    assert started[12].startswith("arithmetic-sft1-")  # first in line once its warm start exists
 
 
 def test_a_finished_run_is_its_result_file(tmp_path, monkeypatch):
