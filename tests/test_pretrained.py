@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from peft import PeftModel
+from PIL import Image
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from rlsd import pretrained
@@ -93,6 +94,13 @@ def test_rlsd_eval_and_export_on_a_vlm_lora_run_directory(vlm_lora_run, tmp_path
     assert torch.allclose(_logits(exported), _logits(loaded.eval()), atol=1e-5)
     assert (tmp_path / "merged" / "preprocessor_config.json").is_file() or \
         (tmp_path / "merged" / "processor_config.json").is_file()
+    # The card's snippet is the VLM one, and it runs as written (with a real image file).
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert "pipeline_tag: image-text-to-text" in card and "AutoModelForCausalLM" not in card
+    snippet = card.split("```python\n")[1].split("```")[0].replace('"merged"', repr(str(tmp_path / "merged")))
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "image.png")
+    snippet = snippet.replace('"image.png"', repr(str(tmp_path / "image.png"))).replace("256", "4")
+    exec(compile(snippet, "model card", "exec"), {})
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.04])

@@ -1,6 +1,7 @@
 """`rlsd export RUN_DIR --out DIR [--merge-lora] [--dtype bf16]`: a plain Hugging Face model directory.
 
-The result loads with `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer`/`AutoProcessor` alone,
+The result loads with `AutoModelForCausalLM.from_pretrained(DIR)` (a vision-language model:
+`AutoModelForImageTextToText`) and `AutoTokenizer`/`AutoProcessor` alone,
 no `rlsd` and no `peft` import, so any inference stack (transformers, vLLM, TGI, llama.cpp converters) takes
 it: weights (a LoRA adapter merged into its base model), config, generation config, tokenizer or processor
 with its chat template, and a model card saying how the model was trained.
@@ -59,10 +60,12 @@ def _run_facts(run_dir: Path) -> dict[str, Any]:
             "learning_rate": (training or {}).get("learning_rate")}
 
 
-def model_card(facts: dict[str, Any], out_name: str, base: str | None, dtype: str | None, merged: bool) -> str:
+def model_card(facts: dict[str, Any], out_name: str, base: str | None, dtype: str | None, merged: bool,
+               vlm: bool = False) -> str:
     algorithm = facts.get("algorithm") or "rlsd"
-    tags = list(dict.fromkeys(["rlsd", algorithm, "reinforcement-learning", "text-generation"]))
-    front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:"] + [f"- {t}" for t in tags]
+    pipeline = "image-text-to-text" if vlm else "text-generation"
+    tags = list(dict.fromkeys(["rlsd", algorithm, "reinforcement-learning", pipeline]))
+    front = ["---", "library_name: transformers", f"pipeline_tag: {pipeline}", "tags:"] + [f"- {t}" for t in tags]
     if base and not os.path.exists(base):
         front.append(f"base_model: {base}")
     front.append("---")
@@ -73,17 +76,29 @@ def model_card(facts: dict[str, Any], out_name: str, base: str | None, dtype: st
             ("training reward (last 5 logs)", facts.get("final_reward")), ("weights dtype", dtype or "as trained")]
     table = ["| | |", "| --- | --- |"] + [
         f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {'—' if v is None else v} |" for k, v in rows]
-    usage = ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-             f'tokenizer = AutoTokenizer.from_pretrained("{out_name}")',
-             f'model = AutoModelForCausalLM.from_pretrained("{out_name}")',
-             'messages = [{"role": "user", "content": "..."}]',
-             "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
-             "return_dict=True)",
-             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=256)[0]))", "```"]
     return "\n".join(front + ["", f"# {out_name}", "",
                               f"Trained with rlsd ({algorithm}; RLVR with self-distillation on TRL's GRPOTrainer) and "
                               "exported by `rlsd export` as a plain transformers model: no rlsd or peft needed.", "",
-                              *table, "", "## Use", "", *usage, ""])
+                              *table, "", "## Use", "", *usage_lines(out_name, vlm), ""])
+
+
+def usage_lines(out_name: str, vlm: bool) -> list[str]:
+    """The card's loading snippet: the Auto classes `rlsd.pretrained.model_class` picks for this kind of model."""
+    if vlm:
+        return ["```python", "from PIL import Image", "from transformers import AutoModelForImageTextToText, AutoProcessor",
+                "", f'processor = AutoProcessor.from_pretrained("{out_name}")',
+                f'model = AutoModelForImageTextToText.from_pretrained("{out_name}")',
+                'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "..."}]}]',
+                "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)",
+                'inputs = processor(images=[Image.open("image.png")], text=prompt, return_tensors="pt")',
+                "print(processor.decode(model.generate(**inputs, max_new_tokens=256)[0]))", "```"]
+    return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            f'tokenizer = AutoTokenizer.from_pretrained("{out_name}")',
+            f'model = AutoModelForCausalLM.from_pretrained("{out_name}")',
+            'messages = [{"role": "user", "content": "..."}]',
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+            "return_dict=True)",
+            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=256)[0]))", "```"]
 
 
 def export(run_dir: str | os.PathLike, out: str | os.PathLike, merge_lora: bool = False,
@@ -101,7 +116,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, merge_lora: bool 
     model, base = _load_model(model_dir, merge_lora, torch_dtype)
     if torch_dtype is not None:
         model = model.to(torch_dtype)
-    processor = load_processor(model_dir, base, vlm=getattr(model.config, "vision_config", None) is not None)
+    vlm = getattr(model.config, "vision_config", None) is not None
+    processor = load_processor(model_dir, base, vlm=vlm)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -109,7 +125,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, merge_lora: bool 
     if getattr(tokenizer, "chat_template", None) is None:
         print(f"rlsd export: note: {model_dir} has no chat template; prompts must be formatted by hand")
     facts = _run_facts(run_dir)
-    card = model_card(facts, out.name, base or facts.get("base"), DTYPES.get(dtype or ""), merged=base is not None)
+    card = model_card(facts, out.name, base or facts.get("base"), DTYPES.get(dtype or ""), merged=base is not None,
+                      vlm=vlm)
     (out / "README.md").write_text(card, encoding="utf-8")
     for extra in ("run_config.json",):  # provenance, not needed to load
         if (run_dir / extra).is_file():

@@ -80,8 +80,6 @@ def _flat_images(images) -> list[Any]:
 def _image_key(image) -> tuple:
     """A PIL image by its mode, size and pixels (a 128-bit hash); anything else (arrays, paths) by identity."""
     if all(hasattr(image, name) for name in ("tobytes", "mode", "size")):
-        import hashlib
-
         return image.mode, tuple(image.size), hashlib.blake2b(image.tobytes(), digest_size=16).digest()
     return "id", id(image)
 
