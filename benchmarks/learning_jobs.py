@@ -5,9 +5,11 @@
         --privileged-fraction 0.5 --out benchmarks/results/learning-chain
 
 Everything after `--` is `learning.py`'s own arguments (`--full` included). Every (task, warm start, variant,
-seed) is its own `learning.py` process, `--jobs` at a time, each with one CPU thread (on a GPU they share the device);
-a missing warm start is built by the first run that needs it, the runs that need it wait for that one, and every
-other run starts beside it. At `--deadline-s` the running jobs are stopped (their runs count as unfinished and are rerun next time; finished runs are reused), and
+seed) is its own `learning.py` process, `--jobs` at a time, each with one CPU thread (on a GPU they share the
+device); a missing warm start is built by the first run that needs it, the runs that need it wait for that one, and
+every other run starts beside it. Ctrl-C or SIGTERM (or `--launch-until-s`) starts nothing new and lets the running
+runs finish (and commit, with `--commit`); a second Ctrl-C stops them. At `--deadline-s` the running jobs are
+stopped (their runs count as unfinished and are rerun next time; finished runs are reused). Then
 `learning.py --only-finished` writes the summary (`table.md`, `summary.json`, `learning.png`) of the finished
 runs alone, saying how many seeds each variant has. Job logs go to `OUT/logs/`.
 """
@@ -74,12 +76,19 @@ class Pool:
     def __init__(self, size: int, logs: Path, deadline: float, commit_results: bool = False):
         self.size, self.logs, self.deadline, self.running = size, logs, deadline, []
         self.commit_results = commit_results
+        self.launch_until = float("inf")  # after this moment (or once `draining`), no new run starts
+        self.draining = False
         logs.mkdir(parents=True, exist_ok=True)
+
+    def launching(self) -> bool:
+        return not self.draining and time.monotonic() < self.launch_until
 
     def start(self, name: str, argv: list[str], result: Path | None = None) -> None:
         while len(self.running) >= self.size:
             self.reap()
             time.sleep(1.0)
+        if not self.launching():
+            return
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed in reap()
         proc = subprocess.Popen([sys.executable, str(HERE / "learning.py"), *argv], stdout=log,
@@ -132,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                              "gets all its seeds before the other methods get any)")
     parser.add_argument("--deadline-s", type=float, default=float("inf"),
                         help="stop launching and stop running jobs after this many seconds, then summarise")
+    parser.add_argument("--launch-until-s", type=float, default=float("inf"),
+                        help="start no run after this many seconds; the running ones finish (nothing is wasted)")
     ours = parser.parse_args(argv[:split])
     args = learning.parse_args(argv[split + 1:])
     if args.ablation or args.quick:
@@ -139,6 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     start = time.monotonic()
     pool = Pool(ours.jobs, out / "logs", start + ours.deadline_s, commit_results=ours.commit)
+    pool.launch_until = start + ours.launch_until_s
+
+    def drain(signum, frame):
+        """First Ctrl-C / SIGTERM: start nothing new, let the running runs finish and commit; second: stop them."""
+        if pool.draining:
+            raise KeyboardInterrupt
+        pool.draining = True
+        print(f"[jobs] {signal.Signals(signum).name}: no new runs; waiting for the {len(pool.running)} running "
+              "(again: stop them now, losing their work)", flush=True)
+
     if ours.nice:
         os.nice(ours.nice)  # the children inherit it
     seeds = [s for s in args.seeds.split(",") if s]
@@ -157,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("opd builds one shared teacher per task: run it with learning.py, not in parallel")
     todo = [job for job in grid if not (args.warm_start_dir and result_file(args, *job).is_file())]
     print(f"[jobs] {len(grid) - len(todo)} of {len(grid)} runs already have a result; {len(todo)} to run", flush=True)
+    previous = {sig: signal.signal(sig, drain) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         # The first run of each (task, warm start) without a finished warm start builds it; the runs that need
         # that warm start wait for their builder, every other run starts at once (no core idles during a build).
@@ -178,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             return True
 
         queue = [*builders.values(), *(job for job in todo if job not in builders.values())]
-        while queue:
+        while queue and pool.launching():
             job = next((job for job in queue if ready(job)), None)
             if job is None:
                 pool.reap()
@@ -188,9 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             task, variant, seed, ws = job
             pool.start(job_name(*job), child_args(args, task, variant, seed, ws), result_file(args, *job))
         pool.wait()
-    except TimeoutError:
-        print(f"[jobs] deadline of {ours.deadline_s:.0f}s reached", flush=True)
+    except (TimeoutError, KeyboardInterrupt) as stopped:
+        print(f"[jobs] deadline of {ours.deadline_s:.0f}s reached" if isinstance(stopped, TimeoutError)
+              else "[jobs] stopped by a second signal", flush=True)
         pool.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     elapsed = time.monotonic() - start
     print(f"[jobs] runs took {elapsed:.0f}s; summarising the finished ones", flush=True)
     # A slice of --full (--tasks/--warm-starts) still summarises the whole design: summary.json covers every

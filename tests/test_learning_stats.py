@@ -67,6 +67,31 @@ def test_full_design_is_one_command_and_variants_resolve():
         learning.variants_from("grpo,ppo", ablation=False)
 
 
+def recording_pool(started: list, builder_running=lambda name: False):
+    """learning_jobs.Pool that records the runs it is asked to start (name, argv, result) instead of starting them;
+    `builder_running(name)` plays a warm-start builder that is still at work."""
+    import learning_jobs
+
+    class RecordingPool(learning_jobs.Pool):
+        def start(self, name, argv, result=None):
+            if self.launching():
+                started.append((name, argv, result))
+
+        def wait(self):
+            pass
+
+        def is_running(self, name):
+            return builder_running(name)
+
+    return RecordingPool
+
+
+def summary_is_skipped(monkeypatch):
+    import learning_jobs
+
+    monkeypatch.setattr(learning_jobs.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 0})())
+
+
 def test_parallel_jobs_run_the_design_grid_and_only_what_has_no_result(tmp_path, monkeypatch):
     """learning_jobs.py launches one job per (task, warm start, variant, seed) of the design (name@0 variants from
     the first warm start only), skips runs whose result file exists, and commits nothing unless asked."""
@@ -74,22 +99,8 @@ def test_parallel_jobs_run_the_design_grid_and_only_what_has_no_result(tmp_path,
     import learning_jobs
 
     started = []
-
-    class RecordingPool:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def start(self, name, argv, result=None):
-            started.append((name, argv, result))
-
-        def wait(self):
-            pass
-
-        def is_running(self, name):
-            return False  # every warm-start builder has finished
-
-    monkeypatch.setattr(learning_jobs, "Pool", RecordingPool)
-    monkeypatch.setattr(learning_jobs.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 0})())
+    monkeypatch.setattr(learning_jobs, "Pool", recording_pool(started))
+    summary_is_skipped(monkeypatch)
     out = tmp_path / "full"
     done = learning.result_path(out, "chain", "sft1", "rlsd+contrast", 4)
     done.parent.mkdir(parents=True)
@@ -111,14 +122,13 @@ def test_first_variants_get_every_seed_before_the_others(tmp_path, monkeypatch):
     session that stops early leaves whole seeds of the headline question rather than one seed of every method."""
     import learning_jobs
 
-    started = []
-    monkeypatch.setattr(learning_jobs, "Pool", type("RecordingPool", (), {
-        "__init__": lambda self, *a, **k: None, "wait": lambda self: None, "is_running": lambda self, name: False,
-        "start": lambda self, name, argv, result=None: started.append(name)}))
-    monkeypatch.setattr(learning_jobs.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 0})())
+    records = []
+    monkeypatch.setattr(learning_jobs, "Pool", recording_pool(records))
+    summary_is_skipped(monkeypatch)
     argv = ["--first", "grpo,rlsd", "--", "--full", "--out", str(tmp_path / "full"),
             "--warm-start-dir", str(tmp_path / "warmstarts")]
     assert learning_jobs.main(argv) == 0
+    started = [name for name, _, _ in records]
     # phase 1: one builder per missing warm start (chain 0/1, arithmetic 0/1: all missing here), then the rest
     variants = [name.split("-")[2] for name in started[4:]]
     assert len(started) == 3 * 5 * 2 + 4 * 5 + 2 * 5 * 2
@@ -133,20 +143,50 @@ def test_runs_wait_only_for_their_own_missing_warm_start(tmp_path, monkeypatch):
     (a 25-minute build must not leave the second core idle)."""
     import learning_jobs
 
-    started = []
+    records = []
 
-    def is_running(self, name):
-        return name == "arithmetic-sft1-grpo-seed0" and len(started) < 12  # the build ends after 11 other starts
+    def builder_running(name):
+        return name == "arithmetic-sft1-grpo-seed0" and len(records) < 12  # the build ends after 11 other starts
 
-    monkeypatch.setattr(learning_jobs, "Pool", type("RecordingPool", (), {
-        "__init__": lambda self, *a, **k: None, "wait": lambda self: None, "reap": lambda self: None,
-        "is_running": is_running, "start": lambda self, name, argv, result=None: started.append(name)}))
+    monkeypatch.setattr(learning_jobs, "Pool", recording_pool(records, builder_running))
     monkeypatch.setattr(learning_jobs, "warm_start_exists", lambda args, task, ws: (task, ws) != ("arithmetic", "1"))
-    monkeypatch.setattr(learning_jobs.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 0})())
+    summary_is_skipped(monkeypatch)
     assert learning_jobs.main(["--first", "grpo,rlsd", "--", "--full", "--out", str(tmp_path / "full")]) == 0
+    started = [name for name, _, _ in records]
     assert started[0] == "arithmetic-sft1-grpo-seed0" and len(started) == 70
     assert not any(name.startswith("arithmetic-sft1-") for name in started[1:12])
     assert started[12].startswith("arithmetic-sft1-")  # first in line once its warm start exists
+
+
+def test_a_signal_starts_nothing_new_and_lets_the_running_runs_finish(tmp_path, monkeypatch):
+    """The first SIGTERM/Ctrl-C drains: no run starts after it, the running ones are waited for (not killed), and the
+    summary is still written; the handlers are the caller's again afterwards."""
+    import signal
+
+    import learning_jobs
+
+    started, events = [], []
+
+    class SignalledPool(recording_pool(started)):
+        def start(self, name, argv, result=None):
+            super().start(name, argv, result)
+            if len(started) == 5 and not self.draining:
+                signal.raise_signal(signal.SIGTERM)  # as a cluster's preemption notice would
+
+        def wait(self):
+            events.append(("wait", len(started)))
+
+        def stop(self):
+            events.append("stop")
+
+    monkeypatch.setattr(learning_jobs, "Pool", SignalledPool)
+    monkeypatch.setattr(learning_jobs, "warm_start_exists", lambda args, task, ws: True)
+    monkeypatch.setattr(learning_jobs.subprocess, "run", lambda *a, **k: events.append("summary") or
+                        type("Done", (), {"returncode": 0})())
+    before = signal.getsignal(signal.SIGTERM)
+    assert learning_jobs.main(["--", "--full", "--out", str(tmp_path / "full")]) == 0
+    assert len(started) == 5 and events == [("wait", 5), "summary"]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_finished_run_is_its_result_file(tmp_path, monkeypatch):
