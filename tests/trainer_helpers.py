@@ -1,4 +1,6 @@
-"""Shared test helper: one loss and its gradients from a built trainer, on a given batch."""
+"""Shared test helpers: one loss and its gradients from a built trainer, and "these two updates are the same"."""
+
+import torch
 
 
 def loss_and_grads(trainer, batch):
@@ -9,3 +11,20 @@ def loss_and_grads(trainer, batch):
     loss = trainer.compute_loss(trainer.model, batch)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+def assert_same_update(trainer, reference, batch) -> dict:
+    """`trainer` and `reference` give the same loss and bit-identical gradients on `batch`; returns the reference's
+    gradients (for the follow-up check that switching the method's term on changes them: the test can fail)."""
+    loss, grads = loss_and_grads(trainer, batch)
+    loss_ref, grads_ref = loss_and_grads(reference, batch)
+    assert torch.equal(loss, loss_ref)
+    assert grads.keys() == grads_ref.keys() and grads
+    for name in grads:
+        assert torch.equal(grads[name], grads_ref[name]), name
+    return grads_ref
+
+
+def update_differs(trainer, batch, grads_ref) -> bool:
+    _, grads = loss_and_grads(trainer, batch)
+    return any(not torch.equal(grads[n], grads_ref[n]) for n in grads)
