@@ -10,7 +10,7 @@ from rlsd import RLSDConfig, RLSDTrainer
 from rlsd.credit import maths as credit
 from rlsd.algorithms import blend, contrast, sdpo
 from test_trainer import generation_batch
-from trainer_helpers import assert_same_update, loss_and_grads, update_differs
+from trainer_helpers import assert_same_update, loss_and_grads, record_teacher_texts, update_differs
 
 
 def positional_reward(successes):
@@ -199,14 +199,7 @@ def test_rlsd_contrast_scores_each_completion_under_another_rows_answer(tiny_mod
     trainer = make(tiny_model_dir, tmp_path, dataset=dataset, algorithm="rlsd", teacher_contrast="wrong_reference")
     trainer.model.train()
     rows = generation_batch(trainer, dataset)
-    seen = []
-    original = trainer.teacher_pass.logps
-
-    def spy(ids, mask, output, **kwargs):
-        seen.append([trainer.processing_class.decode(i[m.bool()]) for i, m in zip(ids, mask)])
-        return original(ids, mask, output, **kwargs)
-
-    trainer.teacher_pass.logps = spy
+    seen = record_teacher_texts(trainer)
     batch = trainer._generate_and_score_completions(rows)
     right, wrong = seen
     shown = [[re.search(r"do not copy\): (\S+?)<", p).group(1) for p in pass_] for pass_ in (right, wrong)]

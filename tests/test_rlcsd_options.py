@@ -11,7 +11,8 @@ from conftest import make_dataset, tiny_config
 from rlsd import RLSDConfig, RLSDTrainer
 from rlsd.credit import maths as credit
 from rlsd.algorithms import rlcsd
-from test_trainer import generation_batch, loss_and_grads
+from test_trainer import generation_batch
+from trainer_helpers import loss_and_grads, record_teacher_texts
 
 LN = math.log
 
@@ -148,14 +149,7 @@ def test_rlcsd_trains_and_scores_under_peer_hints(tiny_model_dir, tmp_path, monk
     args = tiny_config(tmp_path, per_device_train_batch_size=8, algorithm="rlcsd", rlcsd_k_max=2, max_steps=2,
                        logging_steps=1)
     trainer = RLSDTrainer(model=tiny_model_dir, reward_funcs=_alternating, args=args, train_dataset=dataset)
-    seen = []
-    original = trainer.teacher_pass.logps
-
-    def spy(ids, mask, output, **kwargs):
-        seen.append([trainer.processing_class.decode(i[m.bool()]) for i, m in zip(ids, mask)])
-        return original(ids, mask, output, **kwargs)
-
-    trainer.teacher_pass.logps = spy
+    seen = record_teacher_texts(trainer)
     trainer.model.train()
     rows = generation_batch(trainer, dataset)
     batch = trainer._generate_and_score_completions(rows)
@@ -172,7 +166,7 @@ def test_rlcsd_trains_and_scores_under_peer_hints(tiny_model_dir, tmp_path, monk
                                                 batch["rlcsd_wrong_logps"], batch["rlcsd_wrong_valid"],
                                                 batch["completion_mask"])
     assert torch.equal(token_adv, expected)
-    trainer.teacher_pass.logps = original
+    del trainer.teacher_pass.logps  # the spy goes: the class's own method again
     trainer.train()
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert {"rlcsd/selected_frac", "rlcsd/valid_row_frac", "teacher/contrast_time_frac"} <= logged

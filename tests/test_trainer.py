@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from rlsd import RLSDTrainer
 from rlsd.tasks.tiny import build_char_tokenizer, build_tiny_model
-from trainer_helpers import assert_same_update, update_differs
+from trainer_helpers import assert_same_update, flag_teacher_weights, update_differs
 
 RLSD_METRICS = [
     "rlsd/delta_mean", "rlsd/delta_std", "rlsd/weight_mean", "rlsd/clip_low_frac", "rlsd/clip_high_frac",
@@ -60,21 +60,10 @@ def test_student_never_sees_privileged_tokens_but_teacher_does(tiny_model_dir, t
         return any(ids[i:i + len(marker_ids)] == marker_ids for i in range(len(ids) - len(marker_ids) + 1))
 
     calls = []  # (inside teacher pass?, input_ids, continues a prompt's KV cache?)
-    in_teacher = {"flag": False}
-    original_activate = trainer.teacher.activate
-
-    def activate():
-        in_teacher["flag"] = True
-        try:
-            with original_activate() as module:
-                yield module
-        finally:
-            in_teacher["flag"] = False
-
-    trainer.teacher.activate = __import__("contextlib").contextmanager(activate)
+    in_teacher = flag_teacher_weights(trainer)
     hook = trainer.model.register_forward_pre_hook(
         lambda module, args, kwargs: calls.append((
-            in_teacher["flag"], kwargs.get("input_ids", args[0] if args else None),
+            in_teacher["on"], kwargs.get("input_ids", args[0] if args else None),
             _cached_tokens(kwargs.get("cache") or kwargs.get("past_key_values")) > 0)),
         with_kwargs=True)
     trainer.train()

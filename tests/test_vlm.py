@@ -1,7 +1,5 @@
 """Vision-language models: images reach the teacher pass of every algorithm, on tiny LLaVA and Qwen2-VL models."""
 
-import contextlib
-
 import pytest
 import torch
 from conftest import MARKER, digit_reward, tiny_config
@@ -13,7 +11,7 @@ from rlsd import RLSDTrainer, register_algorithm
 from rlsd.algorithms import RLSD
 from rlsd.teacher import prompts as teacher
 from rlsd.tasks.tiny_vlm import build_tiny_qwen2_vl, save_tiny_llava
-from trainer_helpers import assert_same_update, update_differs  # noqa: E402
+from trainer_helpers import assert_same_update, flag_teacher_weights, update_differs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -151,22 +149,10 @@ def test_marker_reaches_every_teacher_row_and_no_student_row_with_images(tiny_ll
         ids = ids.tolist()
         return any(ids[i:i + len(marker_ids)] == marker_ids for i in range(len(ids) - len(marker_ids) + 1))
 
-    calls, in_teacher = [], {"flag": False}
-    original_activate = trainer.teacher.activate
-
-    @contextlib.contextmanager
-    def activate():
-        in_teacher["flag"] = True
-        try:
-            with original_activate() as module:
-                yield module
-        finally:
-            in_teacher["flag"] = False
-
-    trainer.teacher.activate = activate
+    calls, in_teacher = [], flag_teacher_weights(trainer)
     trainer.model.register_forward_pre_hook(
         # generate() encodes the images once before prefill and passes them as `mm_encoder_outputs`
-        lambda module, args, kwargs: calls.append((in_teacher["flag"], kwargs["input_ids"],
+        lambda module, args, kwargs: calls.append((in_teacher["on"], kwargs["input_ids"],
                                                    kwargs.get("pixel_values", kwargs.get("mm_encoder_outputs")))),
         with_kwargs=True)
     trainer.train()

@@ -1,4 +1,7 @@
-"""Shared test helpers: one loss and its gradients from a built trainer, and "these two updates are the same"."""
+"""Shared test helpers: one loss and its gradients from a built trainer, "these two updates are the same", and
+spies on the teacher pass."""
+
+import contextlib
 
 import torch
 
@@ -28,3 +31,32 @@ def assert_same_update(trainer, reference, batch) -> dict:
 def update_differs(trainer, batch, grads_ref) -> bool:
     _, grads = loss_and_grads(trainer, batch)
     return any(not torch.equal(grads[n], grads_ref[n]) for n in grads)
+
+
+def flag_teacher_weights(trainer) -> dict:
+    """`flag["on"]` is True exactly while the trainer's teacher weights are active (a forward hook can read it)."""
+    flag, original = {"on": False}, trainer.teacher.activate
+
+    @contextlib.contextmanager
+    def activate():
+        flag["on"] = True
+        try:
+            with original() as module:
+                yield module
+        finally:
+            flag["on"] = False
+
+    trainer.teacher.activate = activate
+    return flag
+
+
+def record_teacher_texts(trainer) -> list:
+    """One list per teacher-pass call: the decoded (unpadded) teacher inputs it scored."""
+    seen, original = [], trainer.teacher_pass.logps
+
+    def spy(ids, mask, output, **kwargs):
+        seen.append([trainer.processing_class.decode(i[m.bool()]) for i, m in zip(ids, mask)])
+        return original(ids, mask, output, **kwargs)
+
+    trainer.teacher_pass.logps = spy
+    return seen
