@@ -286,7 +286,9 @@ def summary_entry(row: dict, pair: dict | None, warm_starts: list[str], eval_siz
     if pair is not None:
         entry["paired_vs_grpo"] = {"mean": pair["final_diff"], "ci95": _interval(pair["final_diff"], pair["final_ci"]),
                                    "wins": pair["final_wins"], "losses": pair["final_losses"], "n": pair["pairs"],
-                                   "late_mean": pair["late_diff"], "late_ci95": _interval(pair["late_diff"], pair["late_ci"])}
+                                   "late_mean": pair["late_diff"], "late_ci95": _interval(pair["late_diff"], pair["late_ci"]),
+                                   "curve_mean": pair["curve_diff"],
+                                   "curve_ci95": _interval(pair["curve_diff"], pair["curve_ci"])}
     return entry
 
 

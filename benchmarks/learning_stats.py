@@ -55,6 +55,12 @@ def late(curve: Curve, fraction: float = 0.4) -> float:
     return statistics.mean(v for step, v in curve if step >= (1 - fraction) * last)
 
 
+def curve_mean(curve: Curve) -> float:
+    """Mean held-out accuracy over the evaluations after step 0 (the area under the curve, per step): higher when a
+    method learns faster even if the finals tie."""
+    return statistics.mean(v for step, v in curve if step > 0)
+
+
 def steps_to_reach(curve: list[tuple[float, float, float, float]], target: float) -> float | None:
     """First step > 0 where the mean curve reaches `target` (step 0 is the warm start, not progress)."""
     return next((step for step, mean, _, _ in curve if step > 0 and mean >= target - 1e-9), None)
@@ -93,7 +99,7 @@ def paired_differences(runs: dict[str, dict[object, Curve]], variant: str, basel
     if not keys:
         return None
     out: dict = {"variant": variant, "baseline": baseline, "pairs": len(keys)}
-    for stat, fn in (("final", final), ("late", late)):
+    for stat, fn in (("final", final), ("late", late), ("curve", curve_mean)):
         diffs = [fn(runs[variant][k]) - fn(runs[baseline][k]) for k in keys]
         out[f"{stat}_diff"], out[f"{stat}_ci"] = mean_ci(diffs)
         out[f"{stat}_wins"] = sum(d > 1e-9 for d in diffs)
@@ -145,12 +151,15 @@ def task_markdown(task: str, warm_starts: list[dict], summary: list[dict], per_w
     if pairs:
         lines += ["", f"Paired difference variant − {baseline} (same warm start, seed and data order), mean ± 95% "
                   "interval over pairs; wins/losses count the pairs:", "",
-                  "| variant | pairs | final diff. | wins/losses (final) | last-40% diff. | wins/losses (late) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+                  "| variant | pairs | final diff. | wins/losses (final) | last-40% diff. | wins/losses (late) "
+                  "| whole-curve diff. | wins/losses (curve) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for p in pairs:
             lines.append(f"| {p['variant']} | {p['pairs']} | {_with_ci(p['final_diff'], p['final_ci'])} "
                          f"| {p['final_wins']}/{p['final_losses']} | {_with_ci(p['late_diff'], p['late_ci'])} "
-                         f"| {p['late_wins']}/{p['late_losses']} |")
+                         f"| {p['late_wins']}/{p['late_losses']} | {_with_ci(p['curve_diff'], p['curve_ci'])} "
+                         f"| {p['curve_wins']}/{p['curve_losses']} |")
+        lines += ["", "Whole-curve: the mean of every evaluation after step 0 (learning speed as well as the end)."]
     if teacher_stats:
         lines += ["", "What the teacher's token weights did (means over all logged steps of all runs):", "",
                   "| variant | delta mean | delta std | weight mean | clipped low | clipped high | teacher time frac. |",

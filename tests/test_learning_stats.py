@@ -41,6 +41,10 @@ def test_paired_differences_pair_by_warm_start_and_seed():
     assert pair["pairs"] == 3 and pair["final_wins"] == 2 and pair["final_losses"] == 1
     assert pair["final_diff"] == pytest.approx(statistics.mean(diffs))
     assert pair["final_ci"] == pytest.approx(4.303 * statistics.stdev(diffs) / 3 ** 0.5)
+    assert pair["curve_diff"] == pytest.approx(statistics.mean(diffs))  # one evaluation after step 0: the final
+    faster = {"grpo": {("a", 0): [(0, 0.3), (10, 0.3), (20, 0.6)]}, "rlsd": {("a", 0): [(0, 0.3), (10, 0.5), (20, 0.6)]}}
+    early = paired_differences(faster, "rlsd")
+    assert early["final_diff"] == 0 and early["curve_diff"] == pytest.approx(0.1) and early["curve_wins"] == 1
     summary = summarize(runs)
     assert summary[1]["final_min"] == pytest.approx(0.40) and summary[1]["final_max"] == pytest.approx(0.48)
     table = task_markdown("chain", [{"name": "sft0", "accuracy": 0.3, "in_band": True, "steps": 5}], summary,
