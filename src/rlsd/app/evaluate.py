@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..agents.rollout import evaluate_agent
 from ..pretrained import load_pretrained
-from ..tasks.base import extract_answer as default_extract
+from ..rewards._text import extract_answer as default_extract
 from ..teacher.images import row_images
 
 RewardFn = Callable[..., list[float]]

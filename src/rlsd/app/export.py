@@ -11,7 +11,6 @@ The model comes from the run directory's final save, else from its newest comple
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path

@@ -16,6 +16,7 @@ _ANSWER_LINE_RE = re.compile(
     re.IGNORECASE,
 )
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_TASK_ANSWER_RE = re.compile(r"Answer:[ \t]*([^\n]*)")
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
@@ -121,3 +122,26 @@ def extract_code(text: str) -> str:
     if blocks:
         return blocks[-1][1]
     return text
+
+
+def extract_answer(text: Any) -> str | None:
+    """The built-in tasks' answer: what follows a completion's last `Answer:` marker, or None.
+
+    Stricter than `extract_final_answer` (no boxed, tag or last-line fallback): the tasks' reward, evaluation and
+    agent records all read it this way.
+    """
+    found = _TASK_ANSWER_RE.findall(completion_text(text))
+    if not found:
+        return None
+    answer = found[-1].strip().rstrip(".").strip()
+    return answer or None
+
+
+def normalize_answer(answer: str | None) -> str | None:
+    """Canonical form for exact-match comparison: no spaces; integers as Python writes them."""
+    if answer is None:
+        return None
+    compact = re.sub(r"\s+", "", str(answer))
+    if re.fullmatch(r"[+-]?\d+", compact):
+        return str(int(compact))
+    return compact

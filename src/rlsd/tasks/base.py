@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-# One way to read text out of TRL's prompts and completions (strings or chat messages), shared with the rewards.
-from ..rewards._text import completion_text
+# One way to read text and the built-in tasks' `Answer:` line out of TRL's completions, shared with the rewards.
+from ..rewards._text import extract_answer, normalize_answer
 
 Row = dict[str, Any]
 RewardFn = Callable[..., list[float]]
@@ -24,7 +23,6 @@ HELD_OUT_FRACTION = 0.2  # share of each problem space reserved for evaluation
 TRAIN_SPLITS = {"train"}
 HELD_OUT_SPLITS = {"test", "eval", "held_out", "heldout", "validation", "val"}
 MAX_CONSECUTIVE_MISSES = 20_000  # draws without a new problem before the space counts as exhausted
-_ANSWER_RE = re.compile(r"Answer:[ \t]*([^\n]*)")
 
 
 @dataclass(frozen=True)
@@ -110,25 +108,6 @@ def sample_rows(
 
 def chat_prompt(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": question}]
-
-
-def extract_answer(text: Any) -> str | None:
-    """The final answer of a completion: what follows its last `Answer:` marker, or None."""
-    found = _ANSWER_RE.findall(completion_text(text))
-    if not found:
-        return None
-    answer = found[-1].strip().rstrip(".").strip()
-    return answer or None
-
-
-def normalize_answer(answer: str | None) -> str | None:
-    """Canonical form for exact-match comparison: no spaces; integers as Python writes them."""
-    if answer is None:
-        return None
-    compact = re.sub(r"\s+", "", str(answer))
-    if re.fullmatch(r"[+-]?\d+", compact):
-        return str(int(compact))
-    return compact
 
 
 def reward(prompts: list[Any], completions: list[Any], answer: Iterable[Any], **kwargs: Any) -> list[float]:

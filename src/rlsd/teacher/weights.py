@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import torch
 from accelerate.utils import is_peft_model
-from transformers import AutoModelForCausalLM, PreTrainedModel, TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
 from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import add_fused_lm_head, create_model_from_path, get_config_model_id, use_adapter
