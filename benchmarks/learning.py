@@ -11,7 +11,8 @@
 
 Every run uses the quickstart recipe (`rlsd.app.quickstart.quickstart_run`): same checkpoint, seed, data order,
 rollouts and steps; only the variant differs. A variant is an algorithm (rlsd, grpo, opsd, opd, sdpo, grpo+opsd,
-rlcsd, or your own 'file.py:Class') or `X+contrast` (teacher_contrast=wrong_reference). `--warm-starts` lists
+rlcsd, or your own 'file.py:Class'), `X+contrast` (teacher_contrast=wrong_reference) or `rlsd-A` for an ablation
+A of RLSD's open choices (ABLATIONS below, e.g. `rlsd-eps_w=0.5`). `--warm-starts` lists
 SFT seeds: each gives a separately warm-started student (a different checkpoint inside the accuracy band), and
 every variant x seed runs from each, so the result does not rest on one starting point. OPD's teacher is a
 larger tiny model with the same tokenizer, warm-started further on the same task. Finished runs are reused, so an
@@ -56,9 +57,12 @@ ABLATIONS = {
 # the committed checkpoints in benchmarks/warmstarts/ (same files on every machine, so every machine answers the
 # same question); reference-aware students; 500 held-out problems per evaluation. Sized for 2-core CPUs: one
 # thread per run, runs in parallel, each finished run's result a small committed JSON (results/), so the design
-# completes over several sessions (`learning_jobs.py` runs only what is missing).
+# completes over several sessions (`learning_jobs.py` runs only what is missing). Beyond the issue's design:
+# `rlsd-eps_w=0.5` (both chain warm starts) asks whether RLSD's small gain is held back by its weight clip (the
+# token weights stay near 1 with about 7% at the default 0.2 bound), paired with GRPO and with default RLSD.
 FULL = {
-    "plan": {"chain": "grpo,rlsd,rlsd+contrast,opsd@0,sdpo@0,grpo+opsd@0,rlcsd@0", "arithmetic": "grpo,rlsd"},
+    "plan": {"chain": "grpo,rlsd,rlsd+contrast,opsd@0,sdpo@0,grpo+opsd@0,rlcsd@0,rlsd-eps_w=0.5",
+             "arithmetic": "grpo,rlsd"},
     "seeds": "0,1,2,3,4", "warm_starts": "0,1", "eval_size": 500, "privileged_fraction": 0.5, "steps": 100,
     "out": "benchmarks/results/learning-full", "warm_start_dir": "benchmarks/warmstarts",
 }
@@ -143,12 +147,20 @@ def split_variant(name: str) -> tuple[str, set[int] | None]:
     return name, ({int(w) for w in only.split("+") if w} if only else None)
 
 
+ABLATION_PREFIX = "rlsd-"  # `rlsd-eps_w=0.5`: RLSD with ABLATIONS["eps_w=0.5"], a variant in any plan
+
+
 def variants_from(names: str, ablation: bool) -> dict[str, tuple[str, dict]]:
+    """Variant name -> (algorithm, extra RLSDConfig fields); ValueError names an unknown variant."""
     if ablation:
         return {name: ("rlsd", fields) for name, fields in ABLATIONS.items()}
     variants = {}
     for name in (split_variant(n)[0] for n in names.split(",") if n.strip()):
-        algorithm, fields = algorithm_variant(name)
+        choice = name[len(ABLATION_PREFIX):] if name.startswith(ABLATION_PREFIX) else None
+        if choice is not None and choice not in ABLATIONS:
+            raise ValueError(f"unknown RLSD ablation {name!r}; choose from "
+                             f"{', '.join(ABLATION_PREFIX + a for a in ABLATIONS if a != 'rlsd')}")
+        algorithm, fields = ("rlsd", ABLATIONS[choice]) if choice is not None else algorithm_variant(name)
         variants[name] = (algorithm, {**VARIANT_DEFAULTS.get(algorithm, {}), **fields})
     return variants
 
@@ -190,7 +202,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=None, help="tasks (default arithmetic,linear; with --full: a subset of its plan)")
     parser.add_argument("--algorithms", default="grpo,rlsd,opsd,opd",
-                        help="variants: rlsd, grpo, opsd, opd, sdpo, grpo+opsd, rlcsd, file.py:Class, X+contrast")
+                        help="variants: rlsd, grpo, opsd, opd, sdpo, grpo+opsd, rlcsd, file.py:Class, X+contrast, "
+                             "rlsd-ABLATION (e.g. rlsd-eps_w=0.5)")
     parser.add_argument("--teacher-contrast", choices=("none", "wrong_reference"), default="none",
                         help="apply this teacher_contrast to every variant that has a self-teacher")
     parser.add_argument("--seeds", default=None, help="RL seeds (data order, sampling; default 0,1,2)")
@@ -215,7 +228,7 @@ def parse_args(argv):
     parser.add_argument("--warm-start-threads", type=int, default=1, help="torch threads of a reproducible warm start")
     parser.add_argument("--ablation", action="store_true", help="RLSD variants instead of algorithms (first task)")
     parser.add_argument("--quick", action="store_true", help="smoke: arithmetic, 4 variants, 1 seed, 3 steps")
-    parser.add_argument("--full", action="store_true", help="issue 15's full design (FULL in this file)")
+    parser.add_argument("--full", action="store_true", help="issue 20's design (FULL in this file)")
     parser.add_argument("--only-finished", action="store_true",
                         help="train nothing: summarise the warm starts and runs already finished in --out "
                              "(what `learning_jobs.py` does after its parallel runs)")
@@ -275,20 +288,22 @@ def student_for(task: str, sft_seed: int, args, out: Path, band: tuple[float, fl
     return student, student.accuracy_with_reference
 
 
-def summary_entry(row: dict, pair: dict | None, warm_starts: list[str], eval_size: int) -> dict:
-    """One (task, algorithm) entry of summary.json, in a fixed shape: a `summarize` row, its pair against GRPO."""
+def summary_entry(row: dict, pair: dict | None, warm_starts: list[str], eval_size: int,
+                  rlsd_pair: dict | None = None) -> dict:
+    """One (task, algorithm) entry of summary.json, in a fixed shape: a `summarize` row, its pair against GRPO
+    (`paired_vs_grpo`) and, for a variant of RLSD itself, against plain RLSD (`paired_vs_rlsd`, the same keys)."""
     entry = {"n_seeds": row["seeds"], "n_runs": row["runs"], "warm_starts": warm_starts, "heldout_size": eval_size,
              "start_mean": row["start"], "final_mean": row["final_mean"],
              "final_ci95": _interval(row["final_mean"], row["final_ci"]),
              "best_mean": row["best_mean"], "late_mean": row["late_mean"], "late_ci95": _interval(row["late_mean"], row["late_ci"]),
              "final_min": row["final_min"], "final_max": row["final_max"],
              "steps_to_grpo_final": row["steps_to_baseline_final"]}
-    if pair is not None:
-        entry["paired_vs_grpo"] = {"mean": pair["final_diff"], "ci95": _interval(pair["final_diff"], pair["final_ci"]),
-                                   "wins": pair["final_wins"], "losses": pair["final_losses"], "n": pair["pairs"],
-                                   "late_mean": pair["late_diff"], "late_ci95": _interval(pair["late_diff"], pair["late_ci"]),
-                                   "curve_mean": pair["curve_diff"],
-                                   "curve_ci95": _interval(pair["curve_diff"], pair["curve_ci"])}
+    for key, p in (("paired_vs_grpo", pair), ("paired_vs_rlsd", rlsd_pair)):
+        if p is not None:
+            entry[key] = {"mean": p["final_diff"], "ci95": _interval(p["final_diff"], p["final_ci"]),
+                          "wins": p["final_wins"], "losses": p["final_losses"], "n": p["pairs"],
+                          "late_mean": p["late_diff"], "late_ci95": _interval(p["late_diff"], p["late_ci"]),
+                          "curve_mean": p["curve_diff"], "curve_ci95": _interval(p["curve_diff"], p["curve_ci"])}
     return entry
 
 
@@ -381,13 +396,17 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(runs, baseline)
         per_ws = {ws: summarize(r, baseline) for ws, r in per_ws_runs.items()}
         pairs = [p for name in runs if name != baseline and (p := paired_differences(runs, name, baseline))]
+        # A variant of RLSD itself (+contrast, an ablation) is also paired with plain RLSD: what the change adds.
+        rlsd_pairs = [p for name in runs if name != "rlsd" and baseline != "rlsd" and variants[name][0] == "rlsd"
+                      and (p := paired_differences(runs, name, "rlsd"))]
         rlsd_like = {n: {k: statistics.mean(v) for k, v in s.items()} for n, s in teacher_stats.items()
                      if any(k.startswith("rlsd/") for k in s)}
         notes = [f"Student: {warm_starts[0]['params'] / 1e6:.2f}M params; {args.steps} RL steps; RL seeds {seeds}; "
                  f"{args.eval_size} held-out problems per evaluation."]
-        sections.append(task_markdown(task, warm_starts, summary, per_ws, pairs, rlsd_like, baseline, notes))
+        sections.append(task_markdown(task, warm_starts, summary, per_ws, pairs + rlsd_pairs, rlsd_like, baseline,
+                                      notes))
         summaries[task] = {"warm_starts": warm_starts, "summary": summary, "per_warm_start": per_ws,
-                           "paired": pairs, "training_means": {n: {k: statistics.mean(v) for k, v in s.items()}
+                           "paired": pairs + rlsd_pairs, "training_means": {n: {k: statistics.mean(v) for k, v in s.items()}
                                                                for n, s in teacher_stats.items()},
                            "training_traces": {n: {m: mean_trace(t) for m, t in by_metric.items()}
                                                for n, by_metric in traces.items()}}
@@ -396,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             row["seeds"] = len({seed for _, seed in runs[name]})
             pair = next((p for p in pairs if p["variant"] == name), None)
             fixed_shape.setdefault(task, {})[name] = summary_entry(
-                row, pair, sorted({ws for ws, _ in runs[name]}), args.eval_size)
+                row, pair, sorted({ws for ws, _ in runs[name]}), args.eval_size,
+                next((p for p in rlsd_pairs if p["variant"] == name), None))
         print(sections[-1], flush=True)
 
     curves = {}

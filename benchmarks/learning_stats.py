@@ -149,13 +149,13 @@ def task_markdown(task: str, warm_starts: list[dict], summary: list[dict], per_w
                 cells.append(_with_ci(row["final_mean"], row["final_ci"]) if row else "—")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if pairs:
-        lines += ["", f"Paired difference variant − {baseline} (same warm start, seed and data order), mean ± 95% "
-                  "interval over pairs; wins/losses count the pairs:", "",
-                  "| variant | pairs | final diff. | wins/losses (final) | last-40% diff. | wins/losses (late) "
+        lines += ["", "Paired difference variant − baseline (same warm start, seed and data order), mean ± 95% "
+                  "interval over pairs; wins/losses count the pairs (variants of RLSD are also paired with rlsd):", "",
+                  "| variant | − baseline | pairs | final diff. | wins/losses (final) | last-40% diff. | wins/losses (late) "
                   "| whole-curve diff. | wins/losses (curve) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for p in pairs:
-            lines.append(f"| {p['variant']} | {p['pairs']} | {_with_ci(p['final_diff'], p['final_ci'])} "
+            lines.append(f"| {p['variant']} | {p['baseline']} | {p['pairs']} | {_with_ci(p['final_diff'], p['final_ci'])} "
                          f"| {p['final_wins']}/{p['final_losses']} | {_with_ci(p['late_diff'], p['late_ci'])} "
                          f"| {p['late_wins']}/{p['late_losses']} | {_with_ci(p['curve_diff'], p['curve_ci'])} "
                          f"| {p['curve_wins']}/{p['curve_losses']} |")

@@ -56,7 +56,8 @@ def test_full_design_is_one_command_and_variants_resolve():
     import learning
 
     args = learning.parse_args(["--full"])
-    assert args.plan == {"chain": "grpo,rlsd,rlsd+contrast,opsd@0,sdpo@0,grpo+opsd@0,rlcsd@0", "arithmetic": "grpo,rlsd"}
+    assert args.plan == {"chain": "grpo,rlsd,rlsd+contrast,opsd@0,sdpo@0,grpo+opsd@0,rlcsd@0,rlsd-eps_w=0.5",
+                         "arithmetic": "grpo,rlsd"}
     assert (args.seeds, args.warm_starts, args.eval_size, args.privileged_fraction) == ("0,1,2,3,4", "0,1", 500, 0.5)
     assert args.student_eval_every == 25 and args.out == "benchmarks/results/learning-full"
     assert args.warm_start_dir == "benchmarks/warmstarts", "the committed warm starts, the same on every machine"
@@ -64,11 +65,15 @@ def test_full_design_is_one_command_and_variants_resolve():
     assert variants["rlsd+contrast"] == ("rlsd", {"teacher_contrast": "wrong_reference"})
     assert variants["sdpo"] == ("sdpo", {"distill_divergence": "sampled_token"}), "SDPO as TRL runs it"
     assert variants["grpo+opsd"] == ("grpo+opsd", {})
+    assert variants["rlsd-eps_w=0.5"] == ("rlsd", {"rlsd_eps_w": 0.5}), "an ablation of RLSD as a plan variant"
     assert learning.warm_start_subsets(args.plan["chain"]) == {
-        "grpo": None, "rlsd": None, "rlsd+contrast": None, "opsd": {0}, "sdpo": {0}, "grpo+opsd": {0}, "rlcsd": {0}}
+        "grpo": None, "rlsd": None, "rlsd+contrast": None, "opsd": {0}, "sdpo": {0}, "grpo+opsd": {0}, "rlcsd": {0},
+        "rlsd-eps_w=0.5": None}
     assert learning.parse_args(["--full", "--tasks", "chain"]).plan == {"chain": args.plan["chain"]}
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
         learning.variants_from("grpo,ppo", ablation=False)
+    with pytest.raises(ValueError, match="unknown RLSD ablation 'rlsd-eps_w=9'.*rlsd-eps_w=0.5"):
+        learning.variants_from("rlsd-eps_w=9", ablation=False)
 
 
 def recording_pool(started: list, builder_running=lambda name: False):
@@ -111,7 +116,8 @@ def test_parallel_jobs_run_the_design_grid_and_only_what_has_no_result(tmp_path,
     done.write_text("{}")
     assert learning_jobs.main(["--jobs", "2", "--", "--full", "--out", str(out)]) == 0
     names = {name for name, _, _ in started}
-    assert len(names) == len(started) == 3 * 5 * 2 + 4 * 5 + 2 * 5 * 2 - 1  # the design, less the finished run
+    assert len(names) == len(started) == 4 * 5 * 2 + 4 * 5 + 2 * 5 * 2 - 1  # the design, less the finished run
+    assert "chain-sft1-rlsd-eps_w=0.5-seed0" in names
     assert "chain-sft1-rlsd+contrast-seed4" not in names and "chain-sft0-opsd-seed3" in names
     assert not any("-sft1-opsd-" in n or "-sft1-sdpo-" in n or "-sft1-grpo+opsd-" in n for n in names)
     name, argv, result = next(item for item in started if item[0] == "chain-sft1-rlsd-seed2")
@@ -134,8 +140,8 @@ def test_first_variants_get_every_seed_before_the_others(tmp_path, monkeypatch):
     assert learning_jobs.main(argv) == 0
     started = [name for name, _, _ in records]
     # phase 1: one builder per missing warm start (chain 0/1, arithmetic 0/1: all missing here), then the rest
-    variants = [name.split("-")[2] for name in started[4:]]
-    assert len(started) == 3 * 5 * 2 + 4 * 5 + 2 * 5 * 2
+    variants = [name.split("-", 2)[2].rsplit("-seed", 1)[0] for name in started[4:]]
+    assert len(started) == 4 * 5 * 2 + 4 * 5 + 2 * 5 * 2
     assert {name.split("-")[2] for name in started[:4]} <= {"grpo", "rlsd"}
     paired = 2 * 5 * 2 + 2 * 5 * 2 - 4  # grpo and rlsd on both tasks, less the 4 started as warm-start builders
     assert set(variants[:paired]) == {"grpo", "rlsd"} and "rlsd" not in variants[paired:]
@@ -157,7 +163,7 @@ def test_runs_wait_only_for_their_own_missing_warm_start(tmp_path, monkeypatch):
     summary_is_skipped(monkeypatch)
     assert learning_jobs.main(["--first", "grpo,rlsd", "--", "--full", "--out", str(tmp_path / "full")]) == 0
     started = [name for name, _, _ in records]
-    assert started[0] == "arithmetic-sft1-grpo-seed0" and len(started) == 70
+    assert started[0] == "arithmetic-sft1-grpo-seed0" and len(started) == 80
     assert not any(name.startswith("arithmetic-sft1-") for name in started[1:12])
     assert started[12].startswith("arithmetic-sft1-")  # first in line once its warm start exists
 
@@ -236,6 +242,15 @@ def test_summary_entry_has_the_fixed_shape():
     paired = entry["paired_vs_grpo"]
     assert paired["mean"] == pytest.approx(0.02) and paired["wins"] == 1 and paired["n"] == 2
     assert paired["ci95"][0] < 0.02 < paired["ci95"][1]
+    assert "paired_vs_rlsd" not in entry
+    runs["rlsd-eps_w=0.5"] = {("sft0", 0): [(0, 0.3), (100, 0.50)], ("sft0", 1): [(0, 0.3), (100, 0.40)]}
+    ablation_row = next(r for r in summarize(runs) if r["variant"] == "rlsd-eps_w=0.5")
+    ablation_row["seeds"] = 2
+    ablation = learning.summary_entry(ablation_row,
+                                      paired_differences(runs, "rlsd-eps_w=0.5"), ["sft0"], 500,
+                                      paired_differences(runs, "rlsd-eps_w=0.5", "rlsd"))
+    assert ablation["paired_vs_rlsd"]["mean"] == pytest.approx(0.01) and ablation["paired_vs_rlsd"]["wins"] == 1
+    assert set(ablation["paired_vs_rlsd"]) == set(ablation["paired_vs_grpo"])
 
 
 def test_parallel_jobs_keep_every_warm_start_setting():
