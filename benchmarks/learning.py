@@ -293,18 +293,24 @@ def summary_entry(row: dict, pair: dict | None, warm_starts: list[str], eval_siz
     """One (task, algorithm) entry of summary.json, in a fixed shape: a `summarize` row, its pair against GRPO
     (`paired_vs_grpo`) and, for a variant of RLSD itself, against plain RLSD (`paired_vs_rlsd`, the same keys)."""
     entry = {"n_seeds": row["seeds"], "n_runs": row["runs"], "warm_starts": warm_starts, "heldout_size": eval_size,
-             "start_mean": row["start"], "final_mean": row["final_mean"],
+             "start_mean": _round(row["start"]), "final_mean": _round(row["final_mean"]),
              "final_ci95": _interval(row["final_mean"], row["final_ci"]),
-             "best_mean": row["best_mean"], "late_mean": row["late_mean"], "late_ci95": _interval(row["late_mean"], row["late_ci"]),
-             "final_min": row["final_min"], "final_max": row["final_max"],
+             "best_mean": _round(row["best_mean"]), "late_mean": _round(row["late_mean"]),
+             "late_ci95": _interval(row["late_mean"], row["late_ci"]),
+             "final_min": _round(row["final_min"]), "final_max": _round(row["final_max"]),
              "steps_to_grpo_final": row["steps_to_baseline_final"]}
     for key, p in (("paired_vs_grpo", pair), ("paired_vs_rlsd", rlsd_pair)):
         if p is not None:
-            entry[key] = {"mean": p["final_diff"], "ci95": _interval(p["final_diff"], p["final_ci"]),
+            entry[key] = {"mean": _round(p["final_diff"]), "ci95": _interval(p["final_diff"], p["final_ci"]),
                           "wins": p["final_wins"], "losses": p["final_losses"], "n": p["pairs"],
-                          "late_mean": p["late_diff"], "late_ci95": _interval(p["late_diff"], p["late_ci"]),
-                          "curve_mean": p["curve_diff"], "curve_ci95": _interval(p["curve_diff"], p["curve_ci"])}
+                          "late_mean": _round(p["late_diff"]), "late_ci95": _interval(p["late_diff"], p["late_ci"]),
+                          "curve_mean": _round(p["curve_diff"]), "curve_ci95": _interval(p["curve_diff"], p["curve_ci"])}
     return entry
+
+
+def _round(value):
+    """Accuracies to 4 decimals (a 500-problem evaluation resolves 0.002): no float noise in summary.json."""
+    return None if value is None else round(value, 4)
 
 
 def _interval(mean, half):
