@@ -292,3 +292,30 @@ def test_a_finished_result_is_committed_alone(tmp_path, monkeypatch):
     assert git("log", "--format=%s").strip() == "learning-full: chain-sft0-rlsd-seed0 finished"
     assert git("show", "--name-only", "--format=").split() == ["results/chain-sft0-rlsd-seed0.json"]
     assert "A  other.txt" in git("status", "--short"), "what else was staged stays staged, uncommitted"
+
+
+def test_committed_summary_is_what_the_committed_results_give(tmp_path):
+    """The committed summary.json holds issue 20's whole design (5 seeds, 500 held-out problems, the warm starts
+    listed, every algorithm but grpo paired with it), and rebuilding it from the committed per-run result files gives
+    the same file: no number in it is written by hand."""
+    import shutil
+
+    import learning
+
+    repo = Path(__file__).resolve().parents[1]
+    committed = repo / "benchmarks/results/learning-full"
+    summary = json.loads((committed / "summary.json").read_text())
+    design = {"chain": {"grpo": 2, "rlsd": 2, "rlsd+contrast": 2, "opsd": 1, "sdpo": 1, "grpo+opsd": 1, "rlcsd": 1},
+              "arithmetic": {"grpo": 2, "rlsd": 2}}
+    for task, algorithms in design.items():
+        for algorithm, n_warm_starts in algorithms.items():
+            entry = summary[task][algorithm]
+            assert entry["n_seeds"] == 5 and entry["heldout_size"] >= 500, (task, algorithm)
+            assert entry["warm_starts"] == ["sft0", "sft1"][:n_warm_starts], (task, algorithm)
+            assert entry["final_ci95"][0] <= entry["final_mean"] <= entry["final_ci95"][1]
+            if algorithm != "grpo":
+                assert entry["paired_vs_grpo"]["n"] == 5 * n_warm_starts, (task, algorithm)
+    shutil.copytree(committed / "results", tmp_path / "results")
+    argv = ["--full", "--only-finished", "--out", str(tmp_path), "--warm-start-dir", str(repo / "benchmarks/warmstarts")]
+    assert learning.main(argv) == 0
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
