@@ -173,17 +173,24 @@ def plot(panels: dict[str, dict[str, list]], out_png: Path) -> None:
     """One panel per (task, warm start): mean curve and min-max band over seeds for each variant."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    colors = variant_colors(plt, [name for curves in panels.values() for name in curves])
     for ax, (title, curves) in zip(axes[0], panels.items()):
         for name, seeds in curves.items():
             curve = mean_curve(seeds)
             if not curve:
                 continue
             steps, mean, low, high = zip(*curve)
-            ax.plot(steps, mean, label=f"{name} ({len(seeds)} seeds)")
-            ax.fill_between(steps, low, high, alpha=0.15)
+            ax.plot(steps, mean, color=colors[name], label=f"{name} ({len(seeds)} seeds)")
+            ax.fill_between(steps, low, high, color=colors[name], alpha=0.15)
         ax.set_title(f"{title}: held-out accuracy (mean, min-max)", fontsize=9)
         ax.set_ylabel("greedy accuracy")
     save_figure(plt, fig, axes, out_png, dpi=110)
+
+
+def variant_colors(plt, names: list[str]) -> dict[str, str]:
+    """One colour per variant, the same in every panel (matplotlib's cycle restarts in each axis otherwise)."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(dict.fromkeys(names))}
 
 
 def save_figure(plt, fig, axes, out_png: Path, dpi: int) -> None:
@@ -462,12 +469,13 @@ def plot_traces(summaries: dict, out_png: Path) -> None:
     metrics = TRACE_METRICS[:3]
     fig, axes = plt.subplots(len(summaries), len(metrics), figsize=(5 * len(metrics), 3.2 * len(summaries)),
                              squeeze=False)
+    colors = variant_colors(plt, [name for summary in summaries.values() for name in summary.get("training_traces", {})])
     for row, (task, summary) in zip(axes, summaries.items()):
         for ax, metric in zip(row, metrics):
             for name, by_metric in summary.get("training_traces", {}).items():
                 if by_metric.get(metric):
                     steps, values = zip(*by_metric[metric])
-                    ax.plot(steps, values, label=name)
+                    ax.plot(steps, values, color=colors[name], label=name)
             ax.set_title(f"{task}: {metric}", fontsize=9)
     save_figure(plt, fig, axes, out_png, dpi=100)
 
