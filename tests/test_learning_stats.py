@@ -1,6 +1,8 @@
 """The learning benchmark's statistics: intervals, paired differences, steps to the baseline's final."""
 
 import json
+import shutil
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -171,8 +173,6 @@ def test_runs_wait_only_for_their_own_missing_warm_start(tmp_path, monkeypatch):
 def test_a_signal_starts_nothing_new_and_lets_the_running_runs_finish(tmp_path, monkeypatch):
     """The first SIGTERM/Ctrl-C drains: no run starts after it, the running ones are waited for (not killed), and the
     summary is still written; the handlers are the caller's again afterwards."""
-    import signal
-
     import learning_jobs
 
     started, events = [], []
@@ -298,8 +298,6 @@ def test_committed_summary_is_what_the_committed_results_give(tmp_path):
     """The committed summary.json holds issue 20's whole design (5 seeds, 500 held-out problems, the warm starts
     listed, every algorithm but grpo paired with it), and rebuilding it from the committed per-run result files gives
     the same file: no number in it is written by hand."""
-    import shutil
-
     import learning
 
     repo = Path(__file__).resolve().parents[1]

@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from ..rewards._text import completion_text
-from ..rewards._text import extract_answer as default_extract
+from ..rewards._text import completion_text, extract_answer as default_extract
 
 
 def tool_suffix_ids(tokenizer, tool_messages: list[dict]) -> list[int]:
